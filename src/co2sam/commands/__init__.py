@@ -1,0 +1,1 @@
+"""Typer command functions; ``co2sam.cli`` maps command names onto them."""

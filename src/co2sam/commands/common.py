@@ -1,0 +1,51 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from co2sam.config import Co2SamConfig, ConfigError, load_config
+
+console = Console(stderr=True)
+
+ConfigOption = typer.Option(
+    None, "--config", "-c", help="Preset name (voc, coco, demo) or a YAML file."
+)
+SetOption = typer.Option(
+    None, "--set", "-s", help="Override a config field: --set optim.lr=2e-4 (repeatable)."
+)
+
+
+def resolve_config(
+    config: str | None, overrides: list[str] | None, **flags: object
+) -> Co2SamConfig:
+    """Load a preset/YAML, apply ``--set`` overrides, then explicit CLI flags.
+
+    ``flags`` maps dotted keys to values; ``None`` values (flag not given) are skipped.
+    Exits with a clear message on a bad config.
+    """
+    extra = [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
+    try:
+        return load_config(config, list(overrides or []) + extra)
+    except ConfigError as error:
+        fail(str(error))
+        raise  # unreachable: fail exits
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error for the user and exit non-zero."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _yaml_value(value: object) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
