@@ -36,3 +36,17 @@ def main(
 
 
 # Command registrations (one line each; the functions live in co2sam.commands.*).
+from co2sam.commands import boxes, evaluate, predict, pseudo_labels  # noqa: E402
+
+app.command("evaluate")(evaluate.evaluate)
+app.command("predict")(predict.predict)
+app.command("pseudo-labels")(pseudo_labels.pseudo_labels)
+app.command("boxes")(boxes.boxes)
+app.command("import-boxes")(boxes.import_boxes)
+from co2sam.commands import check_data, prepare  # noqa: E402
+
+app.add_typer(prepare.prepare_app, name="prepare")
+app.command("check-data")(check_data.check_data)
+from co2sam.commands import train  # noqa: E402
+
+app.command("train")(train.train)

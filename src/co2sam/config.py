@@ -81,9 +81,22 @@ class PromptConfig:
     """Folder of box caches (one file per split); default: ``<data.root>/co2sam_boxes``."""
     batch_size: int = 1
     device: str = "auto"
+    mode: Literal["auto", "per-class", "all"] = "auto"
+    """``per-class``: query each labelled class name alone (training, as the reference);
+    ``all``: all class names at once (open inference); ``auto``: per-class on
+    ``data.train_split``, all on other splits."""
+    synonyms: list[str] = field(default_factory=list)
+    """Detector texts per class, ``"dataset_name=text|other text"`` (e.g.
+    ``"tvmonitor=tv monitor|television"``); default: the readable class name."""
 
     def __post_init__(self) -> None:
         _check_choice("prompts.source", self.source, ("cache", "detector", "oracle"))
+        _check_choice("prompts.mode", self.mode, ("auto", "per-class", "all"))
+        for entry in self.synonyms:
+            if "=" not in entry:
+                raise ConfigError(
+                    f"prompts.synonyms entries look like name=text|text, got {entry!r}"
+                )
         for name in ("box_threshold", "text_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -179,8 +192,12 @@ class EvalConfig:
     save_predictions: bool = True
     overlays: bool = False
     limit: int | None = None
+    device: str = "auto"
+    """Where inference runs: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda:1``..."""
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check_choice("eval.mode", self.mode, ("label-guided", "open", "both"))
 
 

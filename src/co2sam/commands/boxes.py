@@ -1,0 +1,111 @@
+"""``co2sam boxes`` and ``co2sam import-boxes``: make the box cache of a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+
+
+def boxes(
+    config: str | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    split: str | None = typer.Option(None, help="Split to detect (default: data.train_split)."),
+    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    detector: str | None = typer.Option(
+        None, help="Grounding DINO hub id or local folder (prompts.detector)."
+    ),
+    mode: str | None = typer.Option(
+        None, help="per-class (query each labelled class) or all (prompts.mode; auto by split)."
+    ),
+    oracle: bool = typer.Option(
+        False, "--oracle", help="Boxes from ground-truth masks instead (recorded as oracle)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="Cache file (default <prompts.cache_dir or data.root/co2sam_boxes>/<split>.jsonl).",
+    ),
+    overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
+    limit: int | None = typer.Option(None, help="Stop after N new images (resume later)."),
+) -> None:
+    """Run the detector once over a split and store its boxes (resumable)."""
+    cfg = resolve_config(
+        config,
+        overrides,
+        **{"data.root": data_root, "prompts.detector": detector, "prompts.mode": mode},
+    )
+    split = split or cfg.data.train_split
+    from co2sam.data import DatasetError, build_dataset
+    from co2sam.prompts.build import build_box_cache
+    from co2sam.prompts.cache import BoxCacheError
+
+    try:
+        dataset = build_dataset(cfg.data, split)
+        origin = "oracle" if oracle else "grounding-dino"
+        path = build_box_cache(
+            cfg, split, dataset, origin=origin, path=out, overwrite=overwrite, limit=limit
+        )
+    except (BoxCacheError, DatasetError, OSError, ValueError) as error:
+        fail(str(error))
+        return
+    console.print(f"[green]boxes[/] of {split} ({origin}) in {path}")
+
+
+def import_boxes(
+    coco_results: Path = typer.Option(
+        ..., "--coco-results", help="COCO-results JSON: image_id, category_id, bbox xywh, score."
+    ),
+    config: str | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    split: str | None = typer.Option(None, help="Split the detections belong to."),
+    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    category_ids: str = typer.Option(
+        "auto", help="coco (sparse COCO ids), contiguous (1..C) or auto (coco for COCO classes)."
+    ),
+    images: Path | None = typer.Option(
+        None, help="COCO-style images list mapping integer image_id to file_name."
+    ),
+    name: str | None = typer.Option(
+        None, help="Detector name recorded in the cache (default: the file name)."
+    ),
+    score_threshold: float = typer.Option(0.0, help="Drop detections scoring below this."),
+    out: Path | None = typer.Option(None, help="Cache file (default: the split's cache path)."),
+) -> None:
+    """Import another detector's boxes (COCO-results JSON) into the split's box cache."""
+    cfg = resolve_config(config, overrides, **{"data.root": data_root})
+    split = split or cfg.data.val_split
+    from co2sam.data import DatasetError, build_dataset
+    from co2sam.prompts.cache import write_box_cache
+    from co2sam.prompts.coco_import import import_coco_results
+    from co2sam.prompts.source import default_cache_path
+
+    try:
+        dataset = build_dataset(cfg.data, split)
+        found, summary = import_coco_results(
+            coco_results,
+            dataset.ids,
+            dataset.class_names,
+            category_ids=category_ids,
+            images=images,
+            score_threshold=score_threshold,
+        )
+        settings = {
+            "origin": "import",
+            "detector": name or coco_results.name,
+            "source_file": str(coco_results),
+            "category_ids": category_ids,
+            "score_threshold": score_threshold,
+            "class_names": list(dataset.class_names),
+            "split": split,
+        }
+        path = write_box_cache(out or default_cache_path(cfg, split), settings, found)
+    except (DatasetError, OSError, ValueError) as error:
+        fail(str(error))
+        return
+    console.print(
+        f"[green]imported[/] {summary.detections} boxes on {summary.images_with_boxes} of "
+        f"{len(dataset.ids)} images into {path} ({summary.skipped_images} detections of other "
+        f"images skipped, {summary.below_threshold} below the score threshold)"
+    )

@@ -1,0 +1,71 @@
+"""``co2sam check-data``: scan a dataset and report every problem, without training."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import typer
+
+from co2sam.commands.common import fail
+
+LEVELS = ("error", "warning", "converted")
+
+
+def check_data(
+    dataset: str = typer.Option("voc", "--dataset", help="voc, coco (prepared) or folder."),
+    data_root: Path = typer.Option(..., "--data-root", help="Dataset root folder."),
+    split: list[str] | None = typer.Option(
+        None, "--split", help="Split to scan (repeatable); default: every split found."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Scan only the first N per split."),
+) -> None:
+    """Check images, masks and labels; exit 1 when there are errors or warnings.
+
+    Errors: missing/unreadable images or masks, mask values outside the classes, image/mask
+    size mismatch. Warnings: empty label sets. Converted (information only): grayscale,
+    RGBA, CMYK, 16-bit images and EXIF rotation, which the loaders convert to RGB.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from co2sam.data.check import Problem, available_splits, open_for_check, scan_dataset
+    from co2sam.data.image_io import DatasetError
+
+    out = Console(width=None if Console().is_terminal else 200)
+    problems: list[Problem] = []
+    try:
+        splits = split or available_splits(dataset, data_root)
+        if not splits:
+            fail(f"no split found under {data_root}")
+        counts = {}
+        for name in splits:
+            loaded = open_for_check(dataset, data_root, name)
+            counts[name] = len(loaded) if limit is None else min(limit, len(loaded))
+            with Progress(console=out, transient=True) as bar:
+                job = bar.add_task(f"checking {name}", total=counts[name])
+                advance = partial(bar.advance, job)
+                problems += scan_dataset(loaded, limit=limit, on_item=advance)
+    except DatasetError as error:
+        fail(str(error))
+        return
+
+    if problems:
+        table = Table(title=f"{dataset} dataset at {data_root}")
+        for column in ("level", "split", "file", "problem", "handling"):
+            table.add_column(column, overflow="fold")
+        style = {"error": "red", "warning": "yellow", "converted": "cyan"}
+        for p in problems:
+            level = f"[{style[p.level]}]{p.level}[/]"
+            table.add_row(level, p.split, p.file, p.problem, p.handling)
+        out.print(table)
+    by_level = {level: sum(p.level == level for p in problems) for level in LEVELS}
+    scanned = ", ".join(f"{name}: {count} images" for name, count in counts.items())
+    out.print(
+        f"scanned {scanned}; {by_level['error']} errors, {by_level['warning']} warnings, "
+        f"{by_level['converted']} conversions"
+    )
+    if by_level["error"] or by_level["warning"]:
+        raise typer.Exit(1)
+    out.print("[green]no problems found[/]")

@@ -1,0 +1,222 @@
+"""``co2sam evaluate``: score a split (label-guided and/or open mode), write a report,
+palette PNG predictions, optional overlays and confusion-matrix figures.
+
+Also holds the small helpers the ``predict`` and ``pseudo-labels`` commands share
+(device, model and box-source resolution).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+
+BOX_SOURCES = ("cache", "oracle", "detector")
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> CUDA when available, else CPU; any other torch device string as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        fail(f"unknown device {name!r} ({error}); use auto, cpu, cuda or cuda:N")
+        raise
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
+    """A Segmenter on ``device`` and the SAM source it was built from.
+
+    With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
+    """
+    from co2sam.sam import Segmenter, load_adapter, load_sam
+
+    try:
+        if adapter:
+            model = load_adapter(sam, adapter)
+            base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
+        else:
+            if not sam:
+                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
+            model = load_sam(sam)
+            base = str(sam)
+    except (OSError, ValueError) as error:
+        fail(str(error))
+        raise
+    return Segmenter(model).to(device).eval(), base
+
+
+def _adapter_base(adapter: str) -> str:
+    from co2sam.models.adapter_io import read_adapter_metadata
+
+    return str(read_adapter_metadata(adapter).get("base", "?"))
+
+
+def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> Any:
+    """A ``prompts.BoxSource`` for the split.
+
+    boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
+    or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
+    """
+    from co2sam.prompts import BoxCacheError, BoxSource, box_source, load_box_cache
+
+    try:
+        if boxes is None or boxes in BOX_SOURCES:
+            if boxes is not None:
+                config.prompts.source = boxes
+            return box_source(config, split, dataset)
+        cache = load_box_cache(boxes, {"class_names": list(dataset.class_names)})
+        missing = cache.missing(dataset.ids)
+        if missing:
+            fail(
+                f"box cache {boxes} lacks {len(missing)} image(s) of split {split!r} "
+                f"(e.g. {missing[0]!r}); make it with `co2sam boxes --split {split}`"
+            )
+        return BoxSource(
+            lambda sample: cache[sample.id],
+            origin=cache.origin,
+            description=f"{cache.origin} boxes from {boxes}",
+            max_boxes=config.prompts.max_boxes,
+            settings=cache.settings,
+        )
+    except (OSError, BoxCacheError, ValueError) as error:
+        fail(str(error))
+        raise
+
+
+def load_split(config: Any, split: str) -> Any:
+    from co2sam.data import DatasetError, build_dataset
+
+    try:
+        return build_dataset(config.data, split)
+    except (DatasetError, OSError) as error:
+        fail(str(error))
+        raise
+
+
+def box_source_record(source: Any) -> dict[str, Any]:
+    """What a report says about where its boxes came from."""
+    return {
+        "origin": getattr(source, "origin", "custom"),
+        "description": getattr(source, "description", repr(source)),
+        "settings": getattr(source, "settings", {}),
+    }
+
+
+def evaluate(
+    config: str | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    split: str | None = typer.Option(None, help="Split to evaluate (default eval.split)."),
+    adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
+    mode: str | None = typer.Option(None, help="label-guided, open or both (default eval.mode)."),
+    sam: str | None = typer.Option(None, help="SAM weights (default: the adapter's base or model.sam)."),
+    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    boxes: str | None = typer.Option(
+        None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
+    ),
+    out: Path | None = typer.Option(None, help="Output folder (default eval.out_dir or runs/eval/SPLIT)."),
+    overlays: bool | None = typer.Option(None, "--overlays/--no-overlays", help="Also write colour overlays."),
+    limit: int | None = typer.Option(None, help="Only the first N images."),
+    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    voc_test_format: bool = typer.Option(
+        False, help="Also write results/VOC2012/Segmentation/comp6_test_cls/*.png (open mode)."
+    ),
+) -> None:
+    """Evaluate SAM (+ adapter) on a split: mIoU table, report.json, PNG predictions."""
+    cfg = resolve_config(
+        config,
+        overrides,
+        **{
+            "data.root": data_root,
+            "model.adapter": adapter,
+            "eval.split": split,
+            "eval.mode": mode,
+            "eval.out_dir": out,
+            "eval.overlays": overlays,
+            "eval.limit": limit,
+            "eval.batch_size": batch_size,
+            "eval.device": device,
+        },
+    )
+    run_evaluation(cfg, sam=sam, boxes=boxes, voc_test_format=voc_test_format)
+
+
+def run_evaluation(
+    cfg: Any, *, sam: str | None = None, boxes: str | None = None, voc_test_format: bool = False
+) -> dict[str, Any]:
+    """The body of ``co2sam evaluate`` for a resolved config; returns the report."""
+    from co2sam.evaluate import evaluate_model, modes_of
+    from co2sam.metrics import metrics_table, write_report
+    from co2sam.pseudo_labels import VOC_TEST_FOLDER, PredictionWriter
+    from co2sam.visualize import confusion_matrix_figure
+
+    split = cfg.eval.split
+    device = resolve_device(cfg.eval.device)
+    dataset = load_split(cfg, split)
+    source = resolve_boxes(cfg, split, dataset, boxes)
+    segmenter, base = load_segmenter(
+        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
+    )
+    modes = modes_of(cfg.eval.mode)
+    out_dir = Path(cfg.eval.out_dir or Path("runs") / "eval" / split)
+    label_folders = {m: out_dir / m / "predictions" for m in modes} if cfg.eval.save_predictions else {}
+    overlay_folders = {m: out_dir / m / "overlays" for m in modes} if cfg.eval.overlays else {}
+    writer = PredictionWriter(label_folders, overlay_folders, dataset.class_names)
+    test_mode = None
+    if voc_test_format:
+        test_mode = "open" if "open" in modes else modes[0]
+        test_writer = PredictionWriter({test_mode: out_dir / VOC_TEST_FOLDER})
+
+    def on_prediction(prediction: Any) -> None:
+        writer(prediction)
+        if test_mode is not None:
+            test_writer(prediction)
+
+    console.print(f"evaluating {split} ({len(dataset)} images) with {base}"
+                  f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
+                  f"boxes: {source.description}")  # fmt: skip
+    results = evaluate_model(
+        segmenter,
+        dataset,
+        source,
+        modes=modes,
+        batch_size=cfg.eval.batch_size,
+        limit=cfg.eval.limit,
+        on_prediction=on_prediction,
+        num_workers=cfg.data.num_workers,
+    )
+    report = {
+        "split": split,
+        "modes": list(modes),
+        "sam": base,
+        "adapter": cfg.model.adapter,
+        "box_source": box_source_record(source),
+        "miou_convention": "miou: mean IoU over classes present in the ground truth (WSSS); "
+        "miou_macro: torchmetrics MulticlassJaccardIndex macro (classes in GT or prediction)",
+        "class_names": list(dataset.class_names),
+        "results": results,
+        "config": cfg.to_dict(),
+    }
+    write_report(out_dir / "report.json", report)
+    for mode, metrics in results.items():
+        if metrics["num_images"] == 0:
+            console.print(f"[yellow]{split} has no ground-truth masks: no {mode} metrics[/]")
+            continue
+        title = f"{split} — {mode} mode — boxes: {source.origin}"
+        console.print(metrics_table(metrics, dataset.class_names, title))
+        confusion_matrix_figure(
+            metrics["confusion_matrix"], dataset.class_names, out_dir / mode / "confusion_matrix.png",
+            title=f"{split}, {mode} mode",
+        )  # fmt: skip
+    console.print(f"report: {out_dir / 'report.json'}")
+    return report

@@ -1,0 +1,112 @@
+"""``co2sam train``: fine-tune SAM's encoder with LoRA (Co2SAM), resumable, 1..N devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+
+BOX_SOURCES = ("cache", "detector", "oracle")
+
+
+def train(
+    config: str | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    sam: str | None = typer.Option(
+        None, help="SAM weights: hub id, local folder, official .pth or 'tiny' (model.sam)."
+    ),
+    boxes: str | None = typer.Option(
+        None,
+        help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
+        "or cache / detector (live Grounding DINO) / oracle (ground-truth masks).",
+    ),
+    out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
+    devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
+    num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
+    accelerator: str | None = typer.Option(
+        None, help="auto, cpu, cuda, gpu, mps (train.accelerator)."
+    ),
+    precision: str | None = typer.Option(
+        None, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string."
+    ),
+    epochs: int | None = typer.Option(None, help="Epochs (train.epochs)."),
+    max_steps: int | None = typer.Option(None, help="Stop after N optimizer steps in total."),
+    limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
+    resume: Path | None = typer.Option(
+        None,
+        help="Continue the run in this folder from its last checkpoint (its config.yaml is "
+        "used; --set and the flags above still apply, e.g. a larger --max-steps).",
+    ),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train LoRA adapters on SAM with dual teachers and one student (SPEC.md).
+
+    Writes RUN_DIR/config.yaml, checkpoints/last.pt (resumable), best/ and last/ adapter
+    folders, tensorboard/ and csv/ logs. With --devices N > 1 on one machine Fabric starts
+    N processes (DDP). On several machines, run the same command on every node with
+    --num-nodes and the usual variables (MASTER_ADDR, MASTER_PORT, NODE_RANK), or under
+    SLURM / torchrun, which Fabric detects.
+    """
+    if resume is not None:
+        saved = resume / "config.yaml"
+        if not saved.is_file():
+            fail(f"{resume} is not a run folder ({saved} is missing); check --resume")
+        config = config or str(saved)
+        out = resume
+    flags: dict[str, object] = {
+        "data.root": data_root,
+        "model.sam": sam,
+        "train.out_dir": out,
+        "train.devices": devices,
+        "train.num_nodes": num_nodes,
+        "train.accelerator": accelerator,
+        "train.precision": precision,
+        "train.epochs": epochs,
+        "train.max_steps": max_steps,
+        "train.limit_train": limit_train,
+    }
+    if boxes is not None:
+        if boxes in BOX_SOURCES:
+            flags["prompts.source"] = boxes
+        elif Path(boxes).is_dir():
+            flags["prompts.source"] = "cache"
+            flags["prompts.cache_dir"] = boxes
+        else:
+            fail(
+                f"--boxes {boxes}: give a folder of box caches (made by `co2sam boxes`) "
+                f"or one of {', '.join(BOX_SOURCES)}"
+            )
+    cfg = resolve_config(config, overrides, **flags)
+
+    from co2sam.data import DatasetError
+    from co2sam.prompts import BoxCacheError
+    from co2sam.train.checkpoint import CheckpointError
+    from co2sam.train.loop import NonFiniteLossError, RunDirError, fit
+
+    try:
+        result = fit(cfg, resume=resume is not None, progress=progress)
+    except (
+        BoxCacheError,
+        CheckpointError,
+        DatasetError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        RunDirError,
+    ) as error:
+        fail(str(error))
+        return
+    best = result.best
+    summary = f"step {result.step}, epoch {result.epoch}; run folder {result.run_dir}"
+    if best is not None:
+        open_miou = best["open_miou"]
+        summary += (
+            f"; best val mIoU {100 * best['miou']:.1f} (label-guided"
+            + (f", open {100 * open_miou:.1f}" if open_miou is not None else "")
+            + f") at epoch {best['epoch']} -> {result.best_adapter}"
+        )
+    if result.skipped_images:
+        summary += f"; {result.skipped_images} image(s) without boxes skipped"
+    console.print(f"[green]trained[/] {summary}")

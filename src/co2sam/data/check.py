@@ -1,0 +1,162 @@
+"""Scan a dataset for problems without training (``co2sam check-data``).
+
+Levels:
+- ``error``: the loaders would fail or give wrong data: missing / unreadable image,
+  missing / unreadable / colour (RGB) mask, mask values outside 0..C-1 and 255,
+  image/mask size mismatch.
+- ``warning``: loads, but probably not what you meant: empty image-level label set
+  (the image has no object class; training gets no box prompt and skips it).
+- ``converted``: handled by the loaders, reported for information: grayscale, palette,
+  RGBA (alpha dropped), CMYK and 16-bit images (converted to 8-bit RGB), EXIF
+  orientation (applied, so the pixels match the annotations).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from co2sam.classes import IGNORE_INDEX
+from co2sam.data.base import SegmentationDataset
+from co2sam.data.image_io import (
+    DatasetError,
+    read_image_with_report,
+    read_label_png,
+)
+
+
+@dataclass
+class Problem:
+    """One finding of the scan."""
+
+    level: str
+    """``error``, ``warning`` or ``converted``."""
+    split: str
+    file: str
+    problem: str
+    handling: str
+
+
+def open_for_check(kind: str, root: str | Path, split: str) -> SegmentationDataset:
+    """The dataset of ``split``, lenient about missing masks (each is reported instead)."""
+    if kind in ("voc", "synthetic"):
+        from co2sam.data.voc import VocDataset
+
+        return VocDataset(root, split, check_masks=False)
+    if kind == "coco":
+        from co2sam.data.coco import CocoDataset
+
+        return CocoDataset(root, split)
+    if kind == "folder":
+        from co2sam.data.folder import FolderDataset
+
+        return FolderDataset(root, split, check_masks=False)
+    raise DatasetError(f"unknown dataset kind {kind!r} (voc, coco, folder)")
+
+
+def available_splits(kind: str, root: str | Path) -> list[str]:
+    """Every split a dataset folder defines (what ``check-data`` scans by default)."""
+    if kind in ("voc", "synthetic"):
+        from co2sam.data.voc import find_voc_root
+
+        voc = find_voc_root(root)
+        names = {p.stem for p in (voc / "ImageSets" / "Segmentation").glob("*.txt")}
+        names |= {p.stem for p in (voc / "ImageSets" / "SegmentationAug").glob("*.txt")}
+        order = ["train_aug", "train", "val", "test"]
+        return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+    if kind == "coco":
+        meta = Path(root) / "meta.json"
+        if not meta.is_file():
+            raise DatasetError(f"{meta} not found: run `co2sam prepare coco` first")
+        return list(json.loads(meta.read_text()).get("splits", {}))
+    return ["all"]
+
+
+def _relative(path: Path | None, root: Path) -> str:
+    if path is None:
+        return "?"
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
+    """Problems of one item of ``dataset``."""
+    image_id = dataset.ids[index]
+    split, root = dataset.split, dataset.root
+    image_path = dataset.image_path(image_id)
+    image_name = _relative(image_path, root)
+    image_size = None
+    try:
+        image, report = read_image_with_report(image_path)
+        image_size = image.shape[:2]
+        for conversion in report.conversions:
+            yield Problem("converted", split, image_name, f"{report.mode} image", conversion)
+    except DatasetError as error:
+        kind = "missing image" if not image_path.is_file() else "unreadable image"
+        yield Problem("error", split, image_name, kind, str(error))
+    mask = None
+    if dataset.has_masks:
+        mask_path = dataset.mask_path(image_id)
+        mask_name = _relative(mask_path, root)
+        try:
+            mask = read_label_png(mask_path)
+        except DatasetError as error:
+            missing = mask_path is None or not mask_path.is_file()
+            kind = "missing mask" if missing else "unreadable mask"
+            yield Problem("error", split, mask_name, kind, str(error))
+        if mask is not None:
+            values = np.unique(mask)
+            bad = [int(v) for v in values if v >= dataset.num_classes and v != IGNORE_INDEX]
+            if bad:
+                yield Problem(
+                    "error",
+                    split,
+                    mask_name,
+                    f"mask values outside 0..{dataset.num_classes - 1} and 255: {bad[:8]}",
+                    "not handled: fix the mask (metrics would reject these pixels)",
+                )
+            if image_size is not None and mask.shape != image_size:
+                yield Problem(
+                    "error",
+                    split,
+                    mask_name,
+                    f"mask {mask.shape[1]}x{mask.shape[0]} != image "
+                    f"{image_size[1]}x{image_size[0]} ({image_name})",
+                    "not handled: re-create the mask at the image size",
+                )
+    if dataset.labels_from_masks and mask is None:
+        return  # no mask (VOC test, or reported above): the labels are unknown
+    try:
+        labels = dataset.image_labels(index)
+    except DatasetError as error:
+        yield Problem("error", split, image_name, "labels unreadable", str(error))
+        return
+    if not labels:
+        yield Problem(
+            "warning",
+            split,
+            image_name,
+            "empty label set (no object class)",
+            "loaded; training gets no prompt and skips it",
+        )
+
+
+def scan_dataset(
+    dataset: SegmentationDataset,
+    *,
+    limit: int | None = None,
+    on_item: Callable[[], None] | None = None,
+) -> list[Problem]:
+    """Problems of the first ``limit`` items (all by default) of ``dataset``."""
+    problems: list[Problem] = []
+    for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
+        problems.extend(scan_item(dataset, index))
+        if on_item is not None:
+            on_item()
+    return problems

@@ -1,0 +1,156 @@
+"""Reading images and label PNGs the way every loader does, and saying what was changed.
+
+Images: always returned as (H, W, 3) uint8 RGB in the orientation a viewer shows.
+- EXIF orientation is applied (``ImageOps.exif_transpose``), so the pixels match what
+  annotators saw; VOC / COCO masks were drawn on the displayed image.
+- Grayscale (L, LA, 1), palette (P), RGBA / LA (alpha dropped: composited on nothing,
+  the colour channels are kept), CMYK and YCbCr images are converted to RGB.
+- 16-bit / 32-bit single-channel images (PIL modes I;16, I, F) are rescaled to 0..255.
+Every such conversion is listed by :func:`inspect_image` (``co2sam check-data``).
+
+Label PNGs: read as *class indices*. A palette PNG (mode ``P``) gives its indices (not
+its colours) through ``np.array``; ``L`` PNGs are indices already. An RGB/RGBA colour
+mask is refused: its colours cannot be mapped to classes without the palette.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from co2sam.classes import voc_palette
+
+
+class DatasetError(ValueError):
+    """A dataset file or layout a user can fix (the message names the file and the fix)."""
+
+
+@dataclass
+class ImageReport:
+    """What reading one image found: the PIL mode, size and the conversions applied."""
+
+    mode: str
+    size: tuple[int, int]
+    """(H, W) after EXIF transposition."""
+    conversions: list[str] = field(default_factory=list)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DatasetError(f"image not found: {path} (check data.root and the split list)")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(
+            f"cannot read {path}: {error} (the file is truncated or not an image; "
+            "re-download or remove it from the split list)"
+        ) from error
+    return image
+
+
+def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation not in (0, 1):
+        image = ImageOps.exif_transpose(image)
+        conversions.append(f"EXIF orientation {orientation} applied")
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+        if mode == "F":
+            top = max(float(values.max()), 1.0)
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        conversions.append(f"{mode} (16/32-bit) rescaled to 8-bit and converted to RGB")
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    names = {
+        "L": "grayscale",
+        "1": "1-bit",
+        "LA": "grayscale+alpha",
+        "P": "palette",
+        "PA": "palette+alpha",
+        "RGBA": "RGBA (alpha dropped)",
+        "CMYK": "CMYK",
+        "YCbCr": "YCbCr",
+    }
+    conversions.append(f"{names.get(mode, mode)} converted to RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Raises :class:`DatasetError` naming the file when it is missing or unreadable.
+    """
+    return read_image_with_report(path)[0]
+
+
+def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
+    """:func:`read_image` plus what was converted on the way (for ``check-data``)."""
+    image = _open(Path(path))
+    conversions: list[str] = []
+    mode = image.mode
+    rgb = _to_rgb(image, conversions)
+    array = np.asarray(rgb, dtype=np.uint8)
+    return array, ImageReport(mode=mode, size=array.shape[:2], conversions=conversions)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """Read a label PNG as (H, W) uint8 class indices (palette indices, not colours).
+
+    Raises :class:`DatasetError` for a missing/unreadable file or an RGB colour mask.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"mask not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(f"cannot read mask {path}: {error} (re-create the file)") from error
+    if image.mode in ("P", "L"):
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image)
+        if values.max(initial=0) > 255:
+            raise DatasetError(
+                f"mask {path} holds values above 255 ({int(values.max())}); "
+                "write class indices 0..C and 255 (ignore) as an 8-bit PNG"
+            )
+        return values.astype(np.uint8)
+    raise DatasetError(
+        f"mask {path} is a {image.mode} colour image; masks must hold class indices "
+        "(a palette 'P' or grayscale 'L' PNG), e.g. VOC's SegmentationClass PNGs"
+    )
+
+
+def write_label_png(path: str | Path, mask: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write (H, W) uint8 class indices as a palette PNG (VOC colours by default).
+
+    Written to a temporary file then renamed, so a crash never leaves half a PNG.
+    """
+    path = Path(path)
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    image = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+    colours = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
+    image.putpalette(colours.reshape(-1).tolist())
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int) -> list[int]:
+    """Image-level labels of a mask: sorted classes present in 1..num_classes-1.
+
+    Background (0), ignore (255) and out-of-range values are excluded.
+    """
+    present = np.unique(mask)
+    return [int(value) for value in present if 0 < value < num_classes]

@@ -1,0 +1,190 @@
+"""Adapters on disk: a self-describing folder, no pickle.
+
+A folder holds ``adapter_model.safetensors`` (the LoRA tensors only, named as in the
+plain ``SamModel``, e.g. ``vision_encoder.layers.0.attn.qkv.q.lora_A.weight``) and
+``co2sam_adapter.json``::
+
+    {"format_version": 1, "base": "facebook/sam-vit-base",
+     "fingerprint": {"hidden_size": 768, ...}, "lora": {"rank": 4, "alpha": 4.0,
+     "target_modules": "..."}, "extra": {...}}
+
+Both files are written to temporary names and renamed, so a folder never holds a
+half-written adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import SamModel
+
+from co2sam.models.lora import LORA_TARGET_MODULES, attach_lora, is_lora_name
+from co2sam.models.variants import fingerprint
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "adapter_model.safetensors"
+METADATA_FILE = "co2sam_adapter.json"
+
+
+class AdapterError(ValueError):
+    """An adapter folder cannot be used with this model (mismatch, missing file, bad keys)."""
+
+
+def _portable_name(name: str, adapter_name: str) -> str:
+    """``base_model.model.X.lora_A.default.weight`` -> ``X.lora_A.weight``."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(f".{adapter_name}.", ".")
+
+
+def adapter_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of ``model`` (selected by parameter name), on CPU."""
+    adapter_name = model.active_adapter
+    return {
+        _portable_name(name, adapter_name): param.detach().cpu().contiguous()
+        for name, param in model.named_parameters()
+        if is_lora_name(name)
+    }
+
+
+def _write_atomically(path: Path, write) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def save_adapter(
+    model: PeftModel, folder: str | Path, *, base: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the LoRA adapter of ``model`` to ``folder`` (created if needed).
+
+    base: the SAM source the adapter was trained on (what ``load_sam`` accepts).
+    extra: JSON-serialisable facts to keep with it (resolved config, step, metrics).
+    """
+    if not isinstance(model, PeftModel):
+        raise TypeError("save_adapter expects a model returned by attach_lora / load_adapter")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lora_config = model.peft_config[model.active_adapter]
+    target = lora_config.target_modules
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "base": str(base),
+        "fingerprint": fingerprint(model.get_base_model().config),
+        "lora": {
+            "rank": int(lora_config.r),
+            "alpha": float(lora_config.lora_alpha),
+            "target_modules": target if isinstance(target, str) else sorted(target),
+        },
+        "extra": extra or {},
+    }
+    text = json.dumps(metadata, indent=2, default=str)
+    state = adapter_state_dict(model)
+    _write_atomically(
+        folder / WEIGHTS_FILE,
+        lambda temp: save_file(state, temp, metadata={"format": "pt"}),
+    )
+    _write_atomically(folder / METADATA_FILE, lambda temp: Path(temp).write_text(text))
+    return folder
+
+
+def read_adapter_metadata(folder: str | Path) -> dict[str, Any]:
+    """The ``co2sam_adapter.json`` of an adapter folder, checked for a known format."""
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        raise AdapterError(f"{folder} is not a co2sam adapter folder: {METADATA_FILE} is missing.")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AdapterError(f"{path} is not valid JSON: {error}") from error
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise AdapterError(
+            f"{path}: adapter format_version {version!r}; this co2sam reads {FORMAT_VERSION}."
+        )
+    return metadata
+
+
+def load_adapter(
+    model_or_source: SamModel | PeftModel | str | None, folder: str | Path
+) -> PeftModel:
+    """SAM with the LoRA adapter saved in ``folder``.
+
+    model_or_source: a plain ``SamModel`` (LoRA is attached with the saved rank/alpha),
+    a ``PeftModel`` from ``attach_lora`` (weights are overwritten), a SAM source for
+    ``load_sam``, or None to use the base recorded in the folder. The base model must
+    have the architecture the adapter was trained on, else :class:`AdapterError`.
+    """
+    from co2sam.models.loading import load_sam
+
+    folder = Path(folder)
+    metadata = read_adapter_metadata(folder)
+    if model_or_source is None:
+        model_or_source = metadata["base"]
+    model = load_sam(model_or_source) if isinstance(model_or_source, str) else model_or_source
+    base_model = model.get_base_model() if isinstance(model, PeftModel) else model
+    found = fingerprint(base_model.config)
+    if found != metadata["fingerprint"]:
+        raise AdapterError(
+            f"Adapter {folder} was trained on SAM {metadata['base']!r} "
+            f"{metadata['fingerprint']}, but the base model given is {found}. "
+            "Load it onto the same SAM variant."
+        )
+    lora = metadata["lora"]
+    if isinstance(model, PeftModel):
+        config = model.peft_config[model.active_adapter]
+        if (int(config.r), float(config.lora_alpha)) != (lora["rank"], lora["alpha"]):
+            raise AdapterError(
+                f"Adapter {folder} has rank {lora['rank']}, alpha {lora['alpha']}; the model's "
+                f"LoRA has rank {config.r}, alpha {config.lora_alpha}."
+            )
+    else:
+        if lora.get("target_modules") != LORA_TARGET_MODULES:
+            raise AdapterError(
+                f"Adapter {folder} targets {lora.get('target_modules')!r}; this co2sam "
+                f"attaches LoRA to {LORA_TARGET_MODULES!r}."
+            )
+        model = attach_lora(model, rank=lora["rank"], alpha=lora["alpha"])
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterError(f"{folder}: {WEIGHTS_FILE} is missing.")
+    try:
+        saved = load_file(weights)
+    except Exception as error:
+        raise AdapterError(f"Cannot read {weights}: {error} (truncated or corrupt?)") from error
+    _copy_lora_weights(model, saved, weights)
+    return model
+
+
+def _copy_lora_weights(model: PeftModel, saved: dict[str, torch.Tensor], path: Path) -> None:
+    adapter_name = model.active_adapter
+    params = {
+        _portable_name(name, adapter_name): param
+        for name, param in model.named_parameters()
+        if is_lora_name(name)
+    }
+    missing = sorted(set(params) - set(saved))
+    unexpected = sorted(set(saved) - set(params))
+    if missing or unexpected:
+        raise AdapterError(
+            f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            if saved[name].shape != param.shape:
+                raise AdapterError(
+                    f"{path}: {name} has shape {tuple(saved[name].shape)}, "
+                    f"the model expects {tuple(param.shape)}"
+                )
+            param.copy_(saved[name])

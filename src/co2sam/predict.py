@@ -1,0 +1,227 @@
+"""Segment images with box prompts: per-box mask logits, label maps, and the files of
+``co2sam predict`` (label PNG, colour overlay, per-class areas and boxes per image).
+
+Boxes come from a detector (all class names at once, open mode), from a JSON file
+of boxes per image, or from a co2sam box cache. The JSON file looks like::
+
+    {"dog.jpg": [{"xyxy": [x0, y0, x1, y1], "class": "dog", "score": 0.9}, ...], ...}
+
+keyed by file name or stem; ``class`` is a class name or index (1..C); ``score``
+defaults to 1. Coordinates are XYXY pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from co2sam.records import Boxes
+from co2sam.semantic import semantic_map
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def box_mask_logits(
+    segmenter: Any, images: Sequence[np.ndarray], boxes: Sequence[Boxes]
+) -> list[torch.Tensor]:
+    """Mask logits of every box of every image, at the original image size.
+
+    segmenter: a :class:`co2sam.sam.Segmenter` (any device; run under inference mode
+        and, on GPU, autocast if wanted). images: B (H, W, 3) uint8 RGB arrays (sizes
+        may differ). boxes: B :class:`Boxes`, XYXY in each image's original frame.
+    Returns B float32 tensors (Ni, H, W) on the segmenter's device. One encoder pass
+    for the whole batch, one decoder pass for all boxes.
+    """
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+    prepared = segmenter.preprocess(list(images))
+    embeddings = segmenter.encode(prepared.pixel_values)
+    scaled = [
+        segmenter.scale_boxes(image_boxes.xyxy, size)
+        for image_boxes, size in zip(boxes, prepared.original_sizes, strict=True)
+    ]
+    outputs = segmenter.decode(embeddings, scaled)
+    return [
+        segmenter.postprocess(output.low_res_logits.float(), resized, original)
+        for output, resized, original in zip(
+            outputs, prepared.resized_sizes, prepared.original_sizes, strict=True
+        )
+    ]
+
+
+def label_map_of(
+    mask_logits: torch.Tensor,
+    boxes: Boxes,
+    num_classes: int,
+    allowed_classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """(H, W) int64 label map from (N, H, W) logits and the N boxes (see semantic.py)."""
+    device = mask_logits.device
+    return semantic_map(
+        mask_logits,
+        torch.from_numpy(boxes.classes).to(device),
+        torch.from_numpy(boxes.scores).to(device),
+        num_classes,
+        allowed_classes,
+    )
+
+
+@dataclass
+class ImageResult:
+    """What ``predict`` writes for one image: paths and the summary stored in its JSON."""
+
+    image: Path
+    label_png: Path
+    overlay_png: Path
+    details_json: Path
+    areas: dict[str, dict[str, float]]
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """One image file, or the images of a folder (sorted, not recursive)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}; give an image or a folder"
+            )
+        return images
+    raise FileNotFoundError(f"{path} is neither an image file nor a folder")
+
+
+def read_boxes_json(path: str | Path, class_names: Sequence[str]) -> dict[str, Boxes]:
+    """Boxes per image from a simple JSON file (module docstring); keys are file stems.
+
+    Raises ValueError naming the file and the entry on a malformed box.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read boxes file {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must map image names to lists of boxes")
+    result: dict[str, Boxes] = {}
+    for name, entries in data.items():
+        xyxy, classes, scores = [], [], []
+        for number, entry in enumerate(entries):
+            where = f"{path}, image {name!r}, box {number}"
+            try:
+                box = [float(value) for value in entry["xyxy"]]
+                label = entry["class"]
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{where}: needs 'xyxy' [x0, y0, x1, y1] and 'class'") from error
+            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+                raise ValueError(f"{where}: xyxy must be [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+            xyxy.append(box)
+            classes.append(_class_index(label, class_names, where))
+            scores.append(float(entry.get("score", 1.0)))
+        result[Path(name).stem] = Boxes(
+            np.asarray(xyxy, np.float32), np.asarray(classes), np.asarray(scores)
+        )
+    return result
+
+
+def _class_index(label: Any, class_names: Sequence[str], where: str) -> int:
+    if isinstance(label, int) and not isinstance(label, bool):
+        index = label
+    elif isinstance(label, str) and label in class_names:
+        index = list(class_names).index(label)
+    else:
+        raise ValueError(f"{where}: unknown class {label!r}; classes: {', '.join(class_names[1:])}")
+    if not 1 <= index < len(class_names):
+        raise ValueError(f"{where}: class index {index} outside 1..{len(class_names) - 1}")
+    return index
+
+
+def class_areas(label_map: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Pixels and image fraction of every class present in an (H, W) label map."""
+    counts = np.bincount(label_map.reshape(-1).astype(np.int64), minlength=len(class_names))
+    total = max(int(label_map.size), 1)
+    return {
+        class_names[index]: {"pixels": int(count), "fraction": round(int(count) / total, 6)}
+        for index, count in enumerate(counts[: len(class_names)])
+        if count > 0
+    }
+
+
+def predict_images(
+    segmenter: Any,
+    image_paths: Sequence[Path],
+    boxes_fn: Callable[[str, np.ndarray], Boxes],
+    class_names: Sequence[str],
+    out_dir: str | Path,
+    *,
+    allowed_classes: Sequence[int] | None = None,
+    progress: bool = True,
+    autocast: bool = True,
+) -> list[ImageResult]:
+    """Segment each image (open mode unless ``allowed_classes``) and write its files.
+
+    boxes_fn: (image stem, (H, W, 3) uint8 image) -> Boxes in the original frame.
+    Writes ``labels/<stem>.png`` (VOC palette), ``overlays/<stem>.png`` (image tinted by
+    class, boxes drawn) and ``details/<stem>.json`` (per-class pixels and fraction,
+    boxes with class names and scores) under ``out_dir``.
+    """
+    from co2sam.data.image_io import read_image
+    from co2sam.evaluate import autocast_context, progress_bar
+    from co2sam.visualize import overlay, save_image, save_label_png
+
+    out_dir = Path(out_dir)
+    results = []
+    was_training = segmenter.training
+    segmenter.eval()
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("predict", total=len(image_paths))
+            for image_path in image_paths:
+                image = read_image(image_path)
+                boxes = boxes_fn(image_path.stem, image)
+                with torch.inference_mode(), autocast_context(segmenter.device, autocast):
+                    logits = box_mask_logits(segmenter, [image], [boxes])[0]
+                    label = label_map_of(logits, boxes, len(class_names), allowed_classes)
+                label_array = label.cpu().numpy().astype(np.uint8)
+                stem = image_path.stem
+                areas = class_areas(label_array, class_names)
+                details = {
+                    "image": str(image_path),
+                    "size": {"height": image.shape[0], "width": image.shape[1]},
+                    "areas": areas,
+                    "boxes": [
+                        {
+                            "xyxy": [round(float(v), 2) for v in box],
+                            "class": class_names[int(cls)],
+                            "class_index": int(cls),
+                            "score": round(float(score), 5),
+                        }
+                        for box, cls, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True)
+                    ],
+                }
+                details_path = out_dir / "details" / f"{stem}.json"
+                details_path.parent.mkdir(parents=True, exist_ok=True)
+                details_path.write_text(json.dumps(details, indent=2) + "\n")
+                results.append(
+                    ImageResult(
+                        image=image_path,
+                        label_png=save_label_png(out_dir / "labels" / f"{stem}.png", label_array),
+                        overlay_png=save_image(
+                            out_dir / "overlays" / f"{stem}.png",
+                            overlay(image, label_array, boxes=boxes, class_names=class_names),
+                        ),
+                        details_json=details_path,
+                        areas=areas,
+                    )
+                )
+                bar.advance(task)
+    finally:
+        segmenter.train(was_training)
+    return results

@@ -1,0 +1,54 @@
+"""Box prompts: class names -> boxes (Grounding DINO, a cache file, oracle masks).
+
+``box_source(config, split, dataset)`` is the entry point for training and evaluation.
+The Grounding DINO prompter (torch, transformers) is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from co2sam.prompts.cache import (
+    BoxCache,
+    BoxCacheError,
+    BoxCacheWriter,
+    MissingBoxesError,
+    load_box_cache,
+    write_box_cache,
+)
+from co2sam.prompts.oracle import oracle_boxes
+from co2sam.prompts.simulate import perturb_boxes
+from co2sam.prompts.source import (
+    BoxSource,
+    box_source,
+    class_prompts,
+    default_cache_path,
+    detector_settings,
+    query_mode,
+)
+
+__all__ = [
+    "BoxCache",
+    "BoxCacheError",
+    "BoxCacheWriter",
+    "BoxSource",
+    "GroundingDinoPrompter",
+    "MissingBoxesError",
+    "box_source",
+    "class_prompts",
+    "default_cache_path",
+    "detector_settings",
+    "load_box_cache",
+    "oracle_boxes",
+    "perturb_boxes",
+    "query_mode",
+    "write_box_cache",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GroundingDinoPrompter":
+        from co2sam.prompts.grounding_dino import GroundingDinoPrompter
+
+        return GroundingDinoPrompter
+    raise AttributeError(f"module 'co2sam.prompts' has no attribute {name!r}")

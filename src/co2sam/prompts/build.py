@@ -1,0 +1,121 @@
+"""Fill a box cache for a split: run a detector (or the oracle) once over every image.
+
+Resumable: images already in the file are skipped, so a killed run continues where it
+stopped (see :class:`co2sam.prompts.cache.BoxCacheWriter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from co2sam.config import Co2SamConfig
+from co2sam.prompts.cache import BoxCacheWriter
+from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
+from co2sam.prompts.source import default_cache_path, detector_settings, oracle_settings
+from co2sam.records import Boxes, Sample
+
+# Detect boxes for a batch of samples (same order).
+BatchDetector = Callable[[Sequence[Sample]], list[Boxes]]
+
+
+def build_box_cache(
+    config: Co2SamConfig,
+    split: str,
+    dataset: Any,
+    *,
+    origin: str = "grounding-dino",
+    path: str | Path | None = None,
+    detector: BatchDetector | None = None,
+    overwrite: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write (or complete) the box cache of ``split``; return its path.
+
+    origin: ``grounding-dino`` (``config.prompts``: detector, thresholds, mode, synonyms,
+        batch size, device) or ``oracle`` (boxes from ground-truth masks).
+    detector: replaces the Grounding DINO model (tests, other detectors); the settings
+        still record ``config.prompts``.
+    limit: stop after this many *new* images (the file stays resumable).
+    """
+    class_names = tuple(dataset.class_names)
+    path = Path(path) if path is not None else default_cache_path(config, split)
+    if origin == "oracle":
+        settings = oracle_settings(split, class_names)
+        detector = detector or _oracle_detector(dataset)
+    elif origin == "grounding-dino":
+        settings = detector_settings(config, split, class_names)
+        detector = detector or _grounding_dino_detector(config, class_names, settings["mode"])
+    else:
+        raise ValueError(f"unknown box origin {origin!r}; use grounding-dino or oracle")
+
+    with BoxCacheWriter(path, settings, overwrite=overwrite) as writer:
+        todo = [index for index, image_id in enumerate(dataset.ids) if image_id not in writer.done]
+        if limit is not None:
+            todo = todo[:limit]
+        batch_size = max(1, config.prompts.batch_size)
+        with _progress(progress, f"boxes {split}", len(dataset.ids), len(writer.done)) as advance:
+            for start in range(0, len(todo), batch_size):
+                samples = [dataset[index] for index in todo[start : start + batch_size]]
+                for sample, boxes in zip(samples, detector(samples), strict=True):
+                    writer.write(sample.id, boxes)
+                advance(len(samples))
+    return path
+
+
+def _oracle_detector(dataset: Any) -> BatchDetector:
+    def detect(samples: Sequence[Sample]) -> list[Boxes]:
+        return [oracle_boxes(s, dataset_instance_mask(dataset, s.id)) for s in samples]
+
+    return detect
+
+
+def _grounding_dino_detector(
+    config: Co2SamConfig, class_names: Sequence[str], mode: str
+) -> BatchDetector:
+    from co2sam.prompts.grounding_dino import GroundingDinoPrompter
+
+    prompter = GroundingDinoPrompter.from_config(config, class_names)
+
+    def detect(samples: Sequence[Sample]) -> list[Boxes]:
+        labels = [s.labels if mode == "per-class" else None for s in samples]
+        return prompter.detect([s.image for s in samples], labels)
+
+    return detect
+
+
+class _progress:
+    """A rich progress bar with ETA (or nothing); yields ``advance(n)``."""
+
+    def __init__(self, enabled: bool, title: str, total: int, done: int) -> None:
+        self.enabled, self.title, self.total, self.done = enabled, title, total, done
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda count: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.bar.start()
+        task = self.bar.add_task(self.title, total=self.total, completed=self.done)
+        return lambda count: self.bar.advance(task, count)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,174 @@
+"""Where the boxes of a split come from: a cache file, a live detector, or oracle masks.
+
+``box_source(config, split, dataset)`` is what training, evaluation and the demo call;
+it returns a :class:`BoxSource`, a callable ``Sample -> Boxes`` that also says in
+words where its boxes come from (reports must say when boxes are oracle ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from co2sam.classes import prompt_name
+from co2sam.config import Co2SamConfig
+from co2sam.prompts.cache import BoxCacheError, load_box_cache
+from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
+from co2sam.records import Boxes, Sample
+
+DETECTOR_ORIGIN = "grounding-dino"
+
+
+class BoxSource:
+    """A callable ``Sample -> Boxes`` (original image frame, at most ``max_boxes``)."""
+
+    def __init__(
+        self,
+        fetch: Callable[[Sample], Boxes],
+        *,
+        origin: str,
+        description: str,
+        max_boxes: int,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self.origin = origin
+        """``grounding-dino``, ``oracle``, ``import`` (or whatever a cache records)."""
+        self.description = description
+        self.max_boxes = max_boxes
+        self.settings = dict(settings or {})
+
+    def __call__(self, sample: Sample) -> Boxes:
+        return self._fetch(sample).top_k(self.max_boxes)
+
+    def __repr__(self) -> str:
+        return f"BoxSource({self.description})"
+
+
+def default_cache_path(config: Co2SamConfig, split: str) -> Path:
+    """``<prompts.cache_dir>/<split>.jsonl``; default dir ``<data.root>/co2sam_boxes``."""
+    folder = config.prompts.cache_dir or str(Path(config.data.root or ".") / "co2sam_boxes")
+    return Path(folder) / f"{split}.jsonl"
+
+
+def query_mode(config: Co2SamConfig, split: str) -> str:
+    """``per-class`` or ``all``; ``auto`` means per-class on the training split only."""
+    if config.prompts.mode != "auto":
+        return config.prompts.mode
+    return "per-class" if split == config.data.train_split else "all"
+
+
+def class_prompts(class_names: Sequence[str], synonyms: Sequence[str] = ()) -> list[list[str]]:
+    """Detector texts per object class, ``result[c - 1]`` for class ``c`` in 1..C.
+
+    class_names: background first. synonyms: ``"dataset_name=text|other text"`` entries
+    that replace the default text, :func:`co2sam.classes.prompt_name`.
+    """
+    texts = [[prompt_name(name)] for name in class_names[1:]]
+    for entry in synonyms:
+        name, _, raw = entry.partition("=")
+        if name.strip() not in class_names[1:]:
+            raise ValueError(
+                f"prompts.synonyms names unknown class {name.strip()!r}; "
+                f"classes: {', '.join(class_names[1:])}"
+            )
+        options = [text.strip().lower() for text in raw.split("|") if text.strip()]
+        if not options:
+            raise ValueError(f"prompts.synonyms entry {entry!r} gives no text")
+        texts[class_names.index(name.strip()) - 1] = options
+    return texts
+
+
+def detector_settings(
+    config: Co2SamConfig, split: str, class_names: Sequence[str], mode: str | None = None
+) -> dict[str, Any]:
+    """The settings a Grounding DINO cache of this split is made with (and checked against)."""
+    return {
+        "origin": DETECTOR_ORIGIN,
+        "detector": config.prompts.detector,
+        "box_threshold": config.prompts.box_threshold,
+        "text_threshold": config.prompts.text_threshold,
+        "mode": mode or query_mode(config, split),
+        "prompts": class_prompts(class_names, config.prompts.synonyms),
+        "class_names": list(class_names),
+        "split": split,
+    }
+
+
+def oracle_settings(split: str, class_names: Sequence[str]) -> dict[str, Any]:
+    return {"origin": "oracle", "class_names": list(class_names), "split": split}
+
+
+def box_source(config: Co2SamConfig, split: str, dataset: Any) -> BoxSource:
+    """Boxes for the samples of ``dataset`` (a split), chosen by ``config.prompts.source``.
+
+    dataset: needs ``class_names`` (background first); ``ids`` is used to check that a
+    cache is complete; instance masks (``dataset.instance_mask(image_id)`` or VOC's
+    ``SegmentationObject/<id>.png``) give oracle boxes per instance, else each connected
+    component of the class mask is a box.
+    cache: read :func:`default_cache_path`; raises :class:`BoxCacheError` if it was made
+    with other settings or lacks images of the split, ``FileNotFoundError`` if absent.
+    detector: run Grounding DINO on each sample (slow; prefer ``co2sam boxes``).
+    oracle: boxes from the ground-truth masks, score 1.
+    """
+    prompts = config.prompts
+    class_names = tuple(dataset.class_names)
+    if prompts.source == "oracle":
+
+        def fetch_oracle(sample: Sample) -> Boxes:
+            return oracle_boxes(sample, dataset_instance_mask(dataset, sample.id))
+
+        return BoxSource(
+            fetch_oracle,
+            origin="oracle",
+            description="oracle boxes from ground-truth masks",
+            max_boxes=prompts.max_boxes,
+            settings=oracle_settings(split, class_names),
+        )
+    if prompts.source == "detector":
+        return _detector_source(config, split, class_names)
+    return _cache_source(config, split, dataset, class_names)
+
+
+def _cache_source(
+    config: Co2SamConfig, split: str, dataset: Any, class_names: tuple[str, ...]
+) -> BoxSource:
+    path = default_cache_path(config, split)
+    cache = load_box_cache(path, {"class_names": list(class_names), "split": split})
+    if cache.origin == DETECTOR_ORIGIN:  # imported / oracle caches have no detector settings
+        expected = detector_settings(config, split, class_names)
+        cache = load_box_cache(path, expected)
+    missing = cache.missing(getattr(dataset, "ids", ()))
+    if missing:
+        raise BoxCacheError(
+            f"box cache {path} lacks {len(missing)} image(s) of split {split!r} "
+            f"(e.g. {missing[0]!r}); run `co2sam boxes --split {split}` to complete it"
+        )
+    detector = cache.settings.get("detector", "")
+    return BoxSource(
+        lambda sample: cache[sample.id],
+        origin=cache.origin,
+        description=f"{cache.origin} boxes{f' ({detector})' if detector else ''} from {path}",
+        max_boxes=config.prompts.max_boxes,
+        settings=cache.settings,
+    )
+
+
+def _detector_source(config: Co2SamConfig, split: str, class_names: tuple[str, ...]) -> BoxSource:
+    from co2sam.prompts.grounding_dino import GroundingDinoPrompter
+
+    settings = detector_settings(config, split, class_names)
+    prompter = GroundingDinoPrompter.from_config(config, class_names)
+    per_class = settings["mode"] == "per-class"
+
+    def detect(sample: Sample) -> Boxes:
+        return prompter(sample.image, sample.labels if per_class else None)
+
+    return BoxSource(
+        detect,
+        origin=DETECTOR_ORIGIN,
+        description=f"Grounding DINO {config.prompts.detector} ({settings['mode']}), live",
+        max_boxes=config.prompts.max_boxes,
+        settings=settings,
+    )

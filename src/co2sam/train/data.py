@@ -1,0 +1,141 @@
+"""Training samples: weak/strong views with their box prompts, a resumable sampler, collate.
+
+Reproducibility is by construction, so that a resumed run sees the same data as an
+uninterrupted one (on any number of workers):
+- the order of an epoch depends only on ``(seed, epoch)`` (:class:`EpochSampler`);
+- the augmentation of one sample depends only on ``(seed, epoch, index)``
+  (:meth:`TrainingSet.sample_rng`), never on a worker's or the process's RNG;
+- resuming at batch ``k`` of an epoch starts the sampler ``k * batch_size`` samples
+  in, without loading the skipped images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset, DistributedSampler
+
+from co2sam.records import Boxes, Sample
+
+
+@dataclass
+class TrainItem:
+    """One training image.
+
+    weak: (H, W, 3) uint8 RGB weak view (flips) at the original resolution.
+    strong: (H, W, 3) uint8 RGB photometric augmentation of ``weak``.
+    boxes: (N, 4) float32 XYXY pixels in the weak view's frame (N may be 0).
+    box_classes: (N,) int64 classes 1..C of the boxes.
+    """
+
+    image_id: str
+    weak: np.ndarray
+    strong: np.ndarray
+    boxes: np.ndarray
+    box_classes: np.ndarray
+
+
+@dataclass
+class TrainBatch:
+    """A batch as lists (images may differ in size and box count)."""
+
+    image_ids: list[str]
+    weak: list[np.ndarray]
+    strong: list[np.ndarray]
+    boxes: list[np.ndarray]
+    box_classes: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def collate_train_items(items: Sequence[TrainItem]) -> TrainBatch:
+    """DataLoader ``collate_fn``: keep everything as per-image lists (ragged boxes)."""
+    return TrainBatch(
+        image_ids=[item.image_id for item in items],
+        weak=[item.weak for item in items],
+        strong=[item.strong for item in items],
+        boxes=[item.boxes for item in items],
+        box_classes=[item.box_classes for item in items],
+    )
+
+
+ViewsFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], Any]
+"""``(image HWC uint8, boxes (N, 4) original frame, rng) -> ViewPair`` (data.views)."""
+
+
+class TrainingSet(Dataset):
+    """Samples of ``dataset`` turned into :class:`TrainItem` (boxes, weak and strong views).
+
+    dataset: a torch Dataset of :class:`Sample` (any split loader, or a Subset of one).
+    boxes_fn: ``Sample -> Boxes`` in the ORIGINAL image frame (a box cache, oracle boxes or
+        a simulated detector; a live detector should run with ``num_workers = 0``).
+    views: e.g. ``co2sam.data.views.TrainViews``; flips the boxes with the weak view.
+    seed: with the epoch and the sample index, fixes each sample's augmentation.
+    """
+
+    def __init__(
+        self, dataset: Dataset, boxes_fn: Callable[[Sample], Boxes], views: ViewsFn, *, seed: int
+    ) -> None:
+        self.dataset = dataset
+        self.boxes_fn = boxes_fn
+        self.views = views
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating an epoch (workers receive a copy made at that moment)."""
+        self.epoch = int(epoch)
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        """The augmentation RNG of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> TrainItem:
+        sample: Sample = self.dataset[index]
+        boxes = self.boxes_fn(sample)
+        pair = self.views(sample.image, boxes.xyxy, self.sample_rng(index))
+        return TrainItem(
+            image_id=sample.id,
+            weak=pair.weak,
+            strong=pair.strong,
+            boxes=np.asarray(pair.boxes, dtype=np.float32).reshape(-1, 4),
+            box_classes=np.asarray(boxes.classes, dtype=np.int64).reshape(-1),
+        )
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffled by ``(seed, epoch)``) that can start mid-epoch.
+
+    Works without an initialised process group when ``num_replicas`` and ``rank`` are
+    given (single process: 1 and 0). ``set_position(epoch, start)`` skips the first
+    ``start`` indices of this rank's share, so a resumed run continues exactly.
+    """
+
+    def __init__(
+        self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        self.set_epoch(epoch)
+        self.start = int(start)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Batches of a full epoch on this rank (the last one may be short)."""
+        return math.ceil(self.num_samples / batch_size)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)

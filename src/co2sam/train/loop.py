@@ -1,0 +1,478 @@
+"""The training loop: Fabric (CPU, one GPU, DDP over GPUs and nodes), checkpoints, resume.
+
+``fit(config)`` builds what it is not given (SAM + LoRA, datasets, box sources), then
+runs epochs of :func:`co2sam.train.step.training_step` with Adam and the warm-up /
+step-decay schedule, validates every ``train.val_every`` epochs and keeps the best
+adapter. A run folder (``train.out_dir``) holds::
+
+    config.yaml                 the resolved config
+    checkpoints/last.pt         resumable state (every train.checkpoint_every steps, epoch ends)
+    checkpoints/epoch-XXX.pt    the state at the end of each epoch
+    best/  last/                self-describing adapter folders (co2sam.sam.load_adapter)
+    tensorboard/  csv/          logs (co2sam.train.monitor)
+
+Exact resume: the epoch order depends on (seed, epoch), each sample's augmentation on
+(seed, epoch, index), and the checkpoint stores the position inside the epoch, so a
+resumed run skips the batches already seen and reaches the same weights as an
+uninterrupted one (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from co2sam.config import Co2SamConfig
+from co2sam.losses import LOSS_NAMES
+from co2sam.records import Boxes, Sample
+from co2sam.train.checkpoint import (
+    CHECKPOINT_DIR,
+    find_last_checkpoint,
+    last_checkpoint_path,
+    load_checkpoint,
+    load_lora_state_dict,
+    lora_state_dict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from co2sam.train.data import EpochSampler, TrainingSet, collate_train_items
+from co2sam.train.monitor import TrainProgress, make_loggers
+from co2sam.train.schedule import build_optimizer
+from co2sam.train.step import training_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops with the step, images and losses."""
+
+
+class RunDirError(RuntimeError):
+    """The run folder cannot be used (it already holds a run, or has nothing to resume)."""
+
+
+@dataclass
+class FitResult:
+    """What a finished (or stopped) run produced.
+
+    segmenter: the trained :class:`co2sam.sam.Segmenter` (on the training device).
+    best: ``{"epoch", "step", "miou", "open_miou"}`` of the best validation (label-guided
+        mIoU), or None without validation.
+    history: one dict per validation: epoch, step and ``{mode: metrics}``.
+    """
+
+    run_dir: Path
+    segmenter: Any
+    step: int
+    epoch: int
+    best: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_adapter: Path | None = None
+    last_adapter: Path | None = None
+    skipped_images: int = 0
+    skipped_steps: int = 0
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> ``bf16-mixed`` on a GPU, ``32-true`` elsewhere; other values unchanged."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def limit_dataset(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` items of ``dataset``, keeping ``class_names``/``ids``/... attributes."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    subset = Subset(dataset, range(limit))
+    for name in ("class_names", "has_masks", "root", "split"):
+        if hasattr(dataset, name):
+            setattr(subset, name, getattr(dataset, name))
+    if hasattr(dataset, "ids"):
+        subset.ids = list(dataset.ids[:limit])
+    if hasattr(dataset, "instance_mask"):
+        subset.instance_mask = dataset.instance_mask
+    return subset
+
+
+def build_segmenter(config: Co2SamConfig) -> Any:
+    """SAM from ``model.sam`` with LoRA (fresh, or ``model.adapter`` to start from)."""
+    from co2sam.sam import Segmenter, attach_lora, load_adapter, load_sam
+
+    sam = load_sam(config.model.sam)
+    if config.model.adapter:
+        model = load_adapter(sam, config.model.adapter)
+    else:
+        model = attach_lora(sam, rank=config.model.lora_rank, alpha=config.model.lora_alpha)
+    return Segmenter(model, gradient_checkpointing=config.model.gradient_checkpointing)
+
+
+def fit(
+    config: Co2SamConfig,
+    *,
+    segmenter: Any = None,
+    train_dataset: Dataset | None = None,
+    val_dataset: Dataset | None = None,
+    boxes_fn: Callable[[Sample], Boxes] | None = None,
+    val_boxes_fn: Callable[[Sample], Boxes] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train LoRA on SAM with Co2SAM's dual-teacher loss; the run folder is ``train.out_dir``.
+
+    segmenter: a Segmenter whose model has LoRA (default: :func:`build_segmenter`).
+    train_dataset / val_dataset: datasets of Sample (default: ``build_dataset`` of
+        ``data.train_split`` / ``data.val_split``; ``train.limit_train`` applies).
+    boxes_fn / val_boxes_fn: ``Sample -> Boxes`` (default: ``prompts.box_source``).
+    resume: continue from ``<train.out_dir>/checkpoints/last.pt``.
+    With ``train.devices``/``train.num_nodes`` > 1 this runs DDP; launched from a
+    script, Fabric starts the other local processes by re-running the command.
+    """
+    from lightning.fabric import Fabric
+
+    train = config.train
+    accelerator = train.accelerator
+    world = train.devices * train.num_nodes
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        precision=resolve_precision(train.precision, accelerator),  # type: ignore[arg-type]
+    )
+    fabric.launch()
+    run_dir = Path(train.out_dir)
+    checkpoint_state = _open_run_dir(run_dir, resume)
+    rank_zero = fabric.global_rank == 0
+
+    # Same initial weights on every process (LoRA's A is random), then per-rank RNGs.
+    fabric.seed_everything(train.seed, verbose=False)
+    if segmenter is None:
+        segmenter = build_segmenter(config)
+    parameters = segmenter.trainable_parameters()
+    if not parameters:
+        raise ValueError("the segmenter has no LoRA parameters: build it with attach_lora")
+    fabric.seed_everything(train.seed + fabric.global_rank, verbose=False)
+
+    train_dataset, boxes_fn = _train_data(config, train_dataset, boxes_fn)
+    if train.val_every > 0:
+        val_dataset, val_boxes_fn = _val_data(config, val_dataset, val_boxes_fn)
+    training_set, sampler, loader = _loader(config, train_dataset, boxes_fn, fabric)
+
+    optimizer, scheduler = build_optimizer(parameters, config.optim)
+    model, optimizer = fabric.setup(segmenter, optimizer)
+    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
+    state.update(skipped_images=0, skipped_steps=0)
+    if checkpoint_state is not None:
+        load_lora_state_dict(segmenter.model, checkpoint_state["lora"])
+        optimizer.load_state_dict(checkpoint_state["optimizer"])
+        scheduler.load_state_dict(checkpoint_state["scheduler"])
+        for key in state:
+            state[key] = checkpoint_state[key]
+        if rank_zero:
+            set_rng_state(checkpoint_state["rng"])
+    if rank_zero:
+        config.save(run_dir / "config.yaml")
+    loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
+
+    batches_per_epoch = sampler.batches_per_epoch(train.batch_size)
+    planned = train.epochs * batches_per_epoch
+    total_steps = min(planned, train.max_steps) if train.max_steps else planned
+    bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero)
+    stop = train.max_steps is not None and state["step"] >= train.max_steps
+    try:
+        while state["epoch"] < train.epochs and not stop:
+            epoch = state["epoch"]
+            training_set.set_epoch(epoch)
+            sampler.set_position(epoch, state["batch_in_epoch"] * train.batch_size)
+            for batch in loader:
+                stepped = _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state)
+                state["batch_in_epoch"] += 1
+                if stepped is None:
+                    continue
+                losses, images = stepped
+                state["step"] += 1
+                bar.advance(state["step"], images, losses)
+                if state["step"] % train.log_every == 0 or state["step"] == 1:
+                    metrics = {f"train/{name}": value for name, value in losses.items()}
+                    metrics["train/lr"] = scheduler.get_last_lr()[0]
+                    metrics["train/images_per_s"] = bar.images_per_s
+                    _log(loggers, metrics, state["step"])
+                if state["step"] % train.checkpoint_every == 0:
+                    _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+                if train.max_steps is not None and state["step"] >= train.max_steps:
+                    stop = True
+                    break
+            if state["batch_in_epoch"] >= batches_per_epoch:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+                if train.val_every > 0 and state["epoch"] % train.val_every == 0:
+                    _validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
+                    _log(loggers, _val_metrics(state["history"][-1]), state["step"])
+                _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+                if rank_zero:
+                    path = run_dir / CHECKPOINT_DIR / f"epoch-{state['epoch']:03d}.pt"
+                    shutil.copyfile(last_checkpoint_path(run_dir), path)
+    finally:
+        bar.close()
+        for logger in loggers:
+            logger.finalize("success")
+
+    _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+    last_adapter = run_dir / "last"
+    if rank_zero:
+        _save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
+    fabric.barrier()
+    best_adapter = run_dir / "best"
+    return FitResult(
+        run_dir=run_dir,
+        segmenter=segmenter,
+        step=state["step"],
+        epoch=state["epoch"],
+        best=state["best"],
+        history=state["history"],
+        best_adapter=best_adapter if best_adapter.is_dir() else None,
+        last_adapter=last_adapter,
+        skipped_images=state["skipped_images"],
+        skipped_steps=state["skipped_steps"],
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state):
+    """Forward, backward and update on one batch; None when no process had a box.
+
+    Every process reports (has boxes, loss not finite) in one all-reduce, so all of them
+    skip or stop together: DDP would hang if one process left the step alone.
+    """
+    total, logs = training_step(model, batch, config.loss)
+    state["skipped_images"] += int(logs["skipped"].item())
+    has_boxes = total is not None
+    finite = has_boxes and bool(torch.isfinite(total))
+    flags = torch.tensor(
+        [float(has_boxes), float(has_boxes and not finite), logs["images"].item()],
+        device=fabric.device,
+    )
+    flags = fabric.all_reduce(flags, reduce_op="sum") if fabric.world_size > 1 else flags
+    if flags[0].item() == 0:
+        state["skipped_steps"] += 1
+        return None
+    if flags[1].item() > 0:
+        where = f"step {state['step'] + 1} (epoch {state['epoch']})"
+        if has_boxes and not finite:
+            values = {name: round(float(v), 6) for name, v in logs.items()}
+            raise NonFiniteLossError(
+                f"non-finite loss at {where} on images {batch.image_ids}: {values}. "
+                "Try a lower optim.lr, --precision 32-true, or check these images' boxes."
+            )
+        raise NonFiniteLossError(f"another process hit a non-finite loss at {where}; see its log")
+    if not has_boxes:
+        # This process has no box but others do: join the gradient all-reduce with a
+        # zero loss through a dummy forward (DDP needs every process to run forward).
+        total = _zero_loss(model)
+    fabric.backward(total)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    losses = {name: float(logs[name]) for name in (*LOSS_NAMES, "total") if name in logs}
+    return losses, int(flags[2].item())
+
+
+def _zero_loss(model: Any) -> torch.Tensor:
+    size = model.image_size
+    pixels = torch.zeros(1, 3, size, size, device=model.device)
+    box = torch.tensor([[0.0, 0.0, size - 1.0, size - 1.0]], device=model.device)
+    embeddings, decoded = model(pixels, [box])
+    return 0.0 * (embeddings.float().sum() + decoded[0].low_res_logits.float().sum())
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _train_data(config, dataset, boxes_fn):
+    if dataset is None:
+        from co2sam.data import build_dataset
+
+        dataset = build_dataset(config.data, config.data.train_split)
+    dataset = limit_dataset(dataset, config.train.limit_train)
+    if boxes_fn is None:
+        from co2sam.prompts import box_source
+
+        boxes_fn = box_source(config, config.data.train_split, dataset)
+    return dataset, boxes_fn
+
+
+def _val_data(config, dataset, boxes_fn):
+    if dataset is None:
+        from co2sam.data import build_dataset
+
+        dataset = build_dataset(config.data, config.data.val_split)
+    if boxes_fn is None:
+        from co2sam.prompts import box_source
+
+        boxes_fn = box_source(config, config.data.val_split, dataset)
+    return dataset, boxes_fn
+
+
+def _loader(config, dataset, boxes_fn, fabric):
+    from co2sam.data.views import TrainViews
+
+    train = config.train
+    views = TrainViews(train.seed, strong=config.loss.strong_view)
+    training_set = TrainingSet(dataset, boxes_fn, views, seed=train.seed)
+    sampler = EpochSampler(
+        training_set, num_replicas=fabric.world_size, rank=fabric.global_rank, seed=train.seed
+    )
+    # A live detector holds a large model: keep it in the main process.
+    workers = 0 if config.prompts.source == "detector" else config.data.num_workers
+    loader = DataLoader(
+        training_set,
+        batch_size=train.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_train_items,
+    )
+    return training_set, sampler, loader
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _open_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None for a fresh run); refuses to overwrite a run."""
+    if resume:
+        return load_checkpoint(find_last_checkpoint(run_dir))
+    if last_checkpoint_path(run_dir).exists():
+        raise RunDirError(
+            f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+            "or choose another folder with --out"
+        )
+    return None
+
+
+def _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state) -> None:
+    """Write checkpoints/last.pt (rank 0; the adapters are identical on every process)."""
+    if fabric.global_rank != 0:
+        return
+    save_checkpoint(
+        last_checkpoint_path(run_dir),
+        {
+            "lora": lora_state_dict(segmenter.model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "config": config.to_dict(),
+            **state,
+        },
+    )
+
+
+def _save_adapter_folder(segmenter, folder: Path, config, state, best) -> None:
+    """Write an adapter folder next to the old one, then swap (never half-written)."""
+    from co2sam.sam import save_adapter
+
+    temp = folder.with_name(f".{folder.name}.tmp")
+    old = folder.with_name(f".{folder.name}.old")
+    for path in (temp, old):
+        shutil.rmtree(path, ignore_errors=True)
+    extra = {
+        "step": state["step"],
+        "epoch": state["epoch"],
+        "best": best,
+        "config": config.to_dict(),
+    }
+    save_adapter(segmenter.model, temp, base=config.model.sam, extra=extra)
+    if folder.exists():
+        folder.rename(old)
+    temp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _log(loggers: list, metrics: dict[str, float], step: int) -> None:
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
+    """Evaluate on rank 0 (label-guided and open), record it, keep the best adapter."""
+    record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
+    if fabric.global_rank == 0:
+        try:
+            from co2sam.evaluate import evaluate_model
+        except ImportError:
+            bar.print("validation skipped: co2sam.evaluate is not available")
+            evaluate_model = None
+        if evaluate_model is not None:
+            with torch.no_grad():
+                record["metrics"] = evaluate_model(
+                    segmenter,
+                    dataset,
+                    boxes_fn,
+                    modes=("label-guided", "open"),
+                    batch_size=config.eval.batch_size,
+                    device=fabric.device,
+                    limit=config.train.limit_val,
+                    progress=False,
+                )
+            guided = record["metrics"].get("label-guided", {}).get("miou")
+            opened = record["metrics"].get("open", {}).get("miou")
+            bar.print(
+                f"epoch {state['epoch']} step {state['step']}: val mIoU "
+                f"label-guided {_pct(guided)}, open {_pct(opened)}"
+            )
+            best = state["best"]
+            if guided is not None and (best is None or guided > best["miou"]):
+                state["best"] = {
+                    "epoch": state["epoch"],
+                    "step": state["step"],
+                    "miou": float(guided),
+                    "open_miou": None if opened is None else float(opened),
+                }
+                _save_adapter_folder(
+                    segmenter, Path(config.train.out_dir) / "best", config, state, state["best"]
+                )
+    state["history"].append(_plain(record))
+    fabric.barrier()
+
+
+def _val_metrics(record: dict[str, Any]) -> dict[str, float]:
+    metrics = {}
+    for mode, values in record["metrics"].items():
+        for key in ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou"):
+            value = values.get(key)
+            if isinstance(value, int | float) and not math.isnan(value):
+                metrics[f"val/{mode}/{key}"] = float(value)
+    return metrics
+
+
+def _plain(value: Any) -> Any:
+    """Metrics as plain Python (dicts, lists, floats, str, None): weights-only loadable."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return _plain(value.tolist())
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"

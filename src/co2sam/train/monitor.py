@@ -1,0 +1,111 @@
+"""What a training run shows and writes: a rich progress bar, TensorBoard and CSV logs.
+
+Logs go under the run folder: ``RUN_DIR/tensorboard`` (``tensorboard --logdir``) and
+``RUN_DIR/csv/from-step-<k>/metrics.csv`` (one file per session, so resuming never
+overwrites what an earlier session wrote). Keys: ``train/<loss>``, ``train/lr``,
+``train/images_per_s``, ``val/<mode>/miou`` ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def make_loggers(run_dir: Path, start_step: int) -> list:
+    """Fabric loggers (TensorBoard, CSV) writing under ``run_dir``; rank-zero only."""
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+    return [
+        TensorBoardLogger(root_dir=str(run_dir), name="", version="tensorboard"),
+        CSVLogger(root_dir=str(run_dir), name="csv", version=f"from-step-{start_step}"),
+    ]
+
+
+class RunningMeans:
+    """Exponential moving averages of the logged losses (for the progress bar)."""
+
+    def __init__(self, momentum: float = 0.9) -> None:
+        self.momentum = momentum
+        self.values: dict[str, float] = {}
+
+    def update(self, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            old = self.values.get(name)
+            self.values[name] = (
+                value if old is None else self.momentum * old + (1 - self.momentum) * value
+            )
+
+    def summary(self, names: tuple[str, ...]) -> str:
+        return " ".join(f"{n} {self.values[n]:.3f}" for n in names if n in self.values)
+
+
+class TrainProgress:
+    """A rich progress bar over optimizer steps with ETA, images/s and running losses.
+
+    Disabled (every method a no-op) when ``enabled`` is False (other ranks, tests).
+    """
+
+    SHOWN = ("total", "focal", "dice", "template", "contrastive")
+
+    def __init__(self, total_steps: int, start_step: int, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.means = RunningMeans()
+        self._images = 0
+        self._since = time.perf_counter()
+        self.images_per_s = 0.0
+        self._progress: Progress | None = None
+        if not enabled:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[losses]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=start_step, rate="", losses=""
+        )
+        self._progress.start()
+
+    def advance(self, step: int, images: int, losses: Mapping[str, float]) -> None:
+        """Record one optimizer step that used ``images`` images (summed over processes)."""
+        self._images += images
+        self.means.update(losses)
+        elapsed = time.perf_counter() - self._since
+        if elapsed >= 1.0:
+            self.images_per_s = self._images / elapsed
+            self._images, self._since = 0, time.perf_counter()
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=step,
+                rate=f"{self.images_per_s:.2f} img/s",
+                losses=self.means.summary(self.SHOWN),
+            )
+
+    def print(self, message: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(message)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from co2sam.classes import voc_palette
+from co2sam.cli import app
+from co2sam.predict import class_areas, list_images, read_boxes_json
+
+runner = CliRunner()
+CLASSES = ("background", "dog", "sofa")
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 50, 3), np.uint8)).save(folder / "a.jpg")
+    Image.fromarray(rng.integers(0, 255, (44, 36, 3), np.uint8)).save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_read_boxes_json_by_name_and_index(tmp_path):
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({
+        "a.jpg": [{"xyxy": [1, 2, 20, 25], "class": "sofa", "score": 0.7},
+                  {"xyxy": [0, 0, 5, 5], "class": 1}],
+        "b": [],
+    }))  # fmt: skip
+    boxes = read_boxes_json(path, CLASSES)
+    assert set(boxes) == {"a", "b"}
+    assert boxes["a"].classes.tolist() == [2, 1]
+    assert boxes["a"].scores.tolist() == pytest.approx([0.7, 1.0])
+    assert len(boxes["b"]) == 0
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"xyxy": [0, 0, 5, 5], "class": "cat"}, "unknown class 'cat'"),
+        ({"xyxy": [0, 0, 5, 5], "class": 3}, "outside 1..2"),
+        ({"xyxy": [5, 0, 1, 5], "class": 1}, "x1 > x0"),
+        ({"class": 1}, "needs 'xyxy'"),
+    ],
+)
+def test_read_boxes_json_names_the_bad_entry(tmp_path, entry, message):
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"a.jpg": [entry]}))
+    with pytest.raises(ValueError, match=message):
+        read_boxes_json(path, CLASSES)
+
+
+def test_class_areas():
+    label = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+    areas = class_areas(label, CLASSES)
+    assert areas == {
+        "background": {"pixels": 2, "fraction": 0.25},
+        "dog": {"pixels": 2, "fraction": 0.25},
+        "sofa": {"pixels": 4, "fraction": 0.5},
+    }
+
+
+def test_list_images(image_folder):
+    assert [p.name for p in list_images(image_folder)] == ["a.jpg", "b.png"]
+    assert list_images(image_folder / "a.jpg") == [image_folder / "a.jpg"]
+    with pytest.raises(FileNotFoundError):
+        list_images(image_folder / "nothing")
+
+
+def test_predict_command_writes_labels_overlays_and_details(image_folder, tmp_path):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({
+        "a.jpg": [{"xyxy": [2, 2, 30, 25], "class": "dog", "score": 0.9},
+                  {"xyxy": [20, 5, 48, 28], "class": "sofa", "score": 0.6}],
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["predict", str(image_folder), "--classes", "dog,sofa", "--sam", "tiny",
+         "--boxes", str(boxes), "--out", str(out), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for stem, size in (("a", (50, 30)), ("b", (36, 44))):
+        with Image.open(out / "labels" / f"{stem}.png") as label:
+            assert label.mode == "P" and label.size == size
+            palette = np.array(label.getpalette()[: 256 * 3], np.uint8).reshape(256, 3)
+            assert np.array_equal(palette, voc_palette())
+            assert set(np.unique(np.array(label)).tolist()) <= {0, 1, 2}
+        with Image.open(out / "overlays" / f"{stem}.png") as overlay:
+            assert overlay.mode == "RGB" and overlay.size == size
+    details = json.loads((out / "details" / "a.json").read_text())
+    assert [box["class"] for box in details["boxes"]] == ["dog", "sofa"]
+    assert sum(area["pixels"] for area in details["areas"].values()) == 50 * 30
+    b_details = json.loads((out / "details" / "b.json").read_text())
+    assert b_details["areas"] == {"background": {"pixels": 36 * 44, "fraction": 1.0}}
+    assert b_details["boxes"] == []
+
+
+def test_predict_command_needs_one_box_source_and_classes(image_folder):
+    result = runner.invoke(app, ["predict", str(image_folder), "--classes", "dog", "--sam", "tiny"])
+    assert result.exit_code == 2
+    assert "--detector" in result.output
+    result = runner.invoke(
+        app, ["predict", str(image_folder), "--sam", "tiny", "--boxes", "x.json"]
+    )
+    assert result.exit_code == 2
+    assert "--classes" in result.output

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+from test_prompts_text_queries import word_tokenizer
+from transformers import (
+    BertConfig,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    SwinConfig,
+)
+
+from co2sam.classes import VOC_CLASSES, prompt_name
+from co2sam.prompts.grounding_dino import GroundingDinoPrompter, preprocess_images, resized_size
+
+NUM_QUERIES = 12
+
+
+def tiny_grounding_dino(vocab_size: int) -> GroundingDinoForObjectDetection:
+    """A random Grounding DINO small enough to run in a fraction of a second on CPU."""
+    torch.manual_seed(0)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+            window_size=4, out_indices=[2, 3, 4],
+        ),
+        text_config=BertConfig(
+            vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=256,
+        ),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=NUM_QUERIES,
+    )  # fmt: skip
+    return GroundingDinoForObjectDetection(config).eval()
+
+
+@pytest.fixture(scope="module")
+def prompter_parts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gdino")
+    tokenizer = word_tokenizer(folder, [prompt_name(name) for name in VOC_CLASSES[1:]])
+    model = tiny_grounding_dino(len(tokenizer))
+    return model, tokenizer, folder
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _check(boxes, height, width, allowed):
+    assert boxes.xyxy.dtype == np.float32 and boxes.classes.dtype == np.int64
+    assert (boxes.xyxy[:, [0, 1]] >= 0).all() and (boxes.xyxy[:, 2] <= width).all()
+    assert (boxes.xyxy[:, 3] <= height).all()
+    assert (boxes.xyxy[:, 2] >= boxes.xyxy[:, 0]).all()
+    assert set(boxes.classes.tolist()) <= set(allowed)
+    assert ((boxes.scores >= 0) & (boxes.scores <= 1)).all()
+
+
+def test_tiny_model_through_the_real_code_path(prompter_parts):
+    model, tokenizer, _ = prompter_parts
+    prompter = GroundingDinoPrompter(
+        model, tokenizer, VOC_CLASSES, box_threshold=0.0, text_threshold=0.0,
+        device="cpu", shortest_edge=96, longest_edge=128,
+    )  # fmt: skip
+    image = _image(48, 80)
+    every = prompter(image)  # all 20 classes in one prompt
+    assert len(every) == NUM_QUERIES
+    _check(every, 48, 80, range(1, 21))
+
+    per_class = prompter(image, labels=[3, 11])  # bird, dining table: one prompt each
+    assert len(per_class) == 2 * NUM_QUERIES
+    assert sorted(set(per_class.classes.tolist())) == [3, 11]
+    _check(per_class, 48, 80, [3, 11])
+    assert len(prompter(image, labels=[])) == 0
+
+    strict = GroundingDinoPrompter(
+        model, tokenizer, VOC_CLASSES, box_threshold=0.999, text_threshold=0.999,
+        device="cpu", shortest_edge=96, longest_edge=128,
+    )  # fmt: skip
+    assert len(strict(image)) <= len(every)
+
+
+def test_batched_queries_of_one_image_match_single_ones(prompter_parts):
+    model, tokenizer, _ = prompter_parts
+    kwargs = dict(box_threshold=0.0, text_threshold=0.0, shortest_edge=96, longest_edge=128)
+    single = GroundingDinoPrompter(model, tokenizer, VOC_CLASSES, batch_size=1, **kwargs)
+    batched = GroundingDinoPrompter(model, tokenizer, VOC_CLASSES, batch_size=4, **kwargs)
+    image = _image(48, 80, 1)
+    one, many = single(image, [1, 5, 16]), batched(image, [1, 5, 16])
+    np.testing.assert_array_equal(one.classes, many.classes)
+    np.testing.assert_allclose(one.xyxy, many.xyxy, atol=1e-3)
+    np.testing.assert_allclose(one.scores, many.scores, atol=1e-5)
+    # images of different sizes share a padded batch (results may differ slightly)
+    images, labels = [image, _image(64, 64, 2)], [[1, 5], [7]]
+    for boxes, image_i, allowed in zip(batched.detect(images, labels), images, labels, strict=True):
+        assert len(boxes) == len(allowed) * NUM_QUERIES
+        _check(boxes, image_i.shape[0], image_i.shape[1], allowed)
+
+
+def test_loads_from_a_local_folder(prompter_parts, tmp_path):
+    model, tokenizer, _ = prompter_parts
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompter = GroundingDinoPrompter.from_pretrained(
+        tmp_path, VOC_CLASSES, box_threshold=0.0, text_threshold=0.0,
+        shortest_edge=96, longest_edge=128,
+    )  # fmt: skip
+    assert len(prompter(_image(40, 40), labels=[15])) == NUM_QUERIES
+    with pytest.raises(OSError, match="prompts.detector"):
+        GroundingDinoPrompter.from_pretrained(tmp_path / "missing", VOC_CLASSES)
+
+
+def test_preprocessing_matches_the_official_sizes():
+    assert resized_size(375, 500) == (800, 1066)
+    assert resized_size(480, 1920) == (333, 1333)
+    pixel_values, pixel_mask = preprocess_images([_image(30, 60), _image(60, 30)], 40, 80)
+    assert pixel_values.shape == (2, 3, 80, 80)
+    assert pixel_mask[0].sum() == 40 * 80 and pixel_mask[0, 40:].sum() == 0
+    assert pixel_mask[1, :, 40:].sum() == 0
+    white = preprocess_images([np.full((10, 10, 3), 255, np.uint8)], 10, 10)[0]
+    assert white[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-4)

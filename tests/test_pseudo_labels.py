@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from co2sam.classes import voc_palette
+from co2sam.cli import app
+from co2sam.config import load_config
+from co2sam.data import build_dataset, make_synthetic_dataset
+from co2sam.data.image_io import read_label_png
+from co2sam.prompts import oracle_boxes
+from co2sam.pseudo_labels import export_pseudo_labels
+from co2sam.sam import Segmenter, load_sam
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(
+        root, num_images=5, num_classes=3, image_size=(36, 48), splits={"train": 3, "val": 2}
+    )
+    return root
+
+
+def test_export_pseudo_labels_writes_voc_layout(data_root, tmp_path):
+    config = load_config(None, ["data.dataset=synthetic", f"data.root={data_root}"])
+    dataset = build_dataset(config.data, "train")
+    segmenter = Segmenter(load_sam("tiny"))
+    metrics = export_pseudo_labels(
+        segmenter, dataset, oracle_boxes, tmp_path / "pl", split="train", progress=False
+    )
+    assert metrics["mode"] == "label-guided"
+    assert metrics["num_written"] == metrics["num_images"] == len(dataset)
+    ids = (tmp_path / "pl/ImageSets/Segmentation/train.txt").read_text().split()
+    assert ids == dataset.ids
+    for sample in dataset:
+        label = read_label_png(tmp_path / "pl/SegmentationClass" / f"{sample.id}.png")
+        assert label.shape == sample.mask.shape
+        assert set(np.unique(label).tolist()) <= {0, *sample.labels}
+
+
+def test_pseudo_labels_command(data_root, tmp_path):
+    out = tmp_path / "pseudo"
+    result = runner.invoke(
+        app,
+        ["pseudo-labels", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+         "--data-root", str(data_root), "--split", "train", "--sam", "tiny",
+         "--boxes", "oracle", "--mode", "open", "--out", str(out), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "open mode" in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"] == "open" and report["split"] == "train"
+    assert report["box_source"]["origin"] == "oracle"
+    assert report["metrics"]["num_images"] == 3 and report["metrics"]["miou"] is not None
+    pngs = sorted((out / "SegmentationClass").glob("*.png"))
+    assert len(pngs) == 3
+    with Image.open(pngs[0]) as image:
+        assert image.mode == "P" and image.size == (48, 36)
+        palette = np.array(image.getpalette()[: 256 * 3], np.uint8).reshape(256, 3)
+    assert np.array_equal(palette, voc_palette())
+
+
+def test_pseudo_labels_command_rejects_bad_mode(data_root):
+    result = runner.invoke(
+        app, ["pseudo-labels", "--data-root", str(data_root), "--sam", "tiny", "--mode", "both"]
+    )
+    assert result.exit_code == 2
+    assert "label-guided or open" in result.output
