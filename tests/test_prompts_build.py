@@ -10,6 +10,7 @@ from co2sam.data import build_dataset, make_synthetic_dataset
 from co2sam.prompts import box_source, default_cache_path, load_box_cache, oracle_boxes
 from co2sam.prompts.build import build_box_cache
 from co2sam.prompts.coco_import import import_coco_results
+from co2sam.prompts.oracle import dataset_instance_mask
 from co2sam.records import Boxes
 
 runner = CliRunner()
@@ -43,9 +44,11 @@ def test_oracle_cache_via_cli_resumes_without_duplicates(data_root, tmp_path):
     cache = load_box_cache(out, {"origin": "oracle", "split": "train"})
     for index, image_id in enumerate(dataset.ids):
         sample = dataset[index]
-        expected = oracle_boxes(sample)
-        assert sorted(cache[image_id].classes.tolist()) == sorted(set(sample.labels) & set(
-            expected.classes.tolist())) or len(cache[image_id]) >= len(set(sample.labels))
+        instances = dataset_instance_mask(dataset, image_id)  # SegmentationObject PNG
+        assert instances is not None
+        expected = oracle_boxes(sample, instances)
+        np.testing.assert_allclose(cache[image_id].xyxy, expected.xyxy)
+        assert sorted(set(cache[image_id].classes.tolist())) == sample.labels
 
 
 def test_detector_cache_feeds_box_source(data_root):

@@ -117,3 +117,45 @@ def test_preprocessing_matches_the_official_sizes():
     assert pixel_mask[1, :, 40:].sum() == 0
     white = preprocess_images([np.full((10, 10, 3), 255, np.uint8)], 10, 10)[0]
     assert white[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-4)
+
+
+def test_boxes_command_with_a_local_detector(prompter_parts, tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+    from co2sam.data import make_synthetic_dataset
+    from co2sam.prompts import load_box_cache
+
+    model, tokenizer, _ = prompter_parts
+    detector = tmp_path / "detector"
+    model.save_pretrained(detector)
+    tokenizer.save_pretrained(detector)
+    make_synthetic_dataset(tmp_path / "data", num_images=4, num_classes=3, image_size=32)
+    out = tmp_path / "boxes.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["boxes", "--data-root", str(tmp_path / "data"), "--set", "data.dataset=synthetic",
+         "--split", "val", "--detector", str(detector), "--out", str(out),
+         "--set", "prompts.box_threshold=0", "--set", "prompts.text_threshold=0",
+         "--set", "prompts.image_min_size=96", "--set", "prompts.image_max_size=128"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cache = load_box_cache(out, {"detector": str(detector), "mode": "all", "box_threshold": 0.0})
+    assert len(cache) == 1 and all(len(boxes) == NUM_QUERIES for boxes in cache.values())
+
+    from co2sam.config import load_config
+    from co2sam.data import build_dataset
+    from co2sam.prompts import box_source
+
+    config = load_config(
+        None,
+        [f"data.root={tmp_path / 'data'}", "data.dataset=synthetic", "prompts.source=detector",
+         f"prompts.detector={detector}", "prompts.box_threshold=0", "prompts.text_threshold=0",
+         "prompts.image_min_size=96", "prompts.image_max_size=128", "prompts.max_boxes=5"],
+    )  # fmt: skip
+    dataset = build_dataset(config.data, "train")
+    live = box_source(config, "train", dataset)  # train split: per-class queries
+    sample = dataset[0]
+    boxes = live(sample)
+    assert live.origin == "grounding-dino" and live.settings["mode"] == "per-class"
+    assert len(boxes) == 5 and set(boxes.classes.tolist()) <= set(sample.labels)

@@ -85,6 +85,10 @@ class PromptConfig:
     """``per-class``: query each labelled class name alone (training, as the reference);
     ``all``: all class names at once (open inference); ``auto``: per-class on
     ``data.train_split``, all on other splits."""
+    image_min_size: int = 800
+    """Detector input: shorter side resized to this (Grounding DINO's 800) ..."""
+    image_max_size: int = 1333
+    """... unless the longer side would exceed this (1333)."""
     synonyms: list[str] = field(default_factory=list)
     """Detector texts per class, ``"dataset_name=text|other text"`` (e.g.
     ``"tvmonitor=tv monitor|television"``); default: the readable class name."""
@@ -92,6 +96,8 @@ class PromptConfig:
     def __post_init__(self) -> None:
         _check_choice("prompts.source", self.source, ("cache", "detector", "oracle"))
         _check_choice("prompts.mode", self.mode, ("auto", "per-class", "all"))
+        if not 0 < self.image_min_size <= self.image_max_size:
+            raise ConfigError("prompts.image_min_size must be in 1..prompts.image_max_size")
         for entry in self.synonyms:
             if "=" not in entry:
                 raise ConfigError(

@@ -138,7 +138,9 @@ def evaluate_model(
     }
 
 
-def autocast_context(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+def autocast_context(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when enabled, otherwise nothing (CPU runs in float32)."""
     if enabled and torch.device(device).type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -149,7 +151,13 @@ def autocast_context(device: torch.device, enabled: bool = True) -> contextlib.A
 def progress_bar(enabled: bool = True) -> Iterator[Any]:
     """A rich progress bar on stderr (a silent one when disabled)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
         TextColumn("{task.description}"),

@@ -55,7 +55,9 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
 
-    def update(self, prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+    def update(
+        self, prediction: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray
+    ) -> None:
         """Add one image (or a batch) of the same shape: prediction and target class maps.
 
         prediction: (...) integer labels in 0..C-1. target: (...) integer labels in

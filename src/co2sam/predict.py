@@ -203,7 +203,9 @@ def predict_images(
                             "class_index": int(cls),
                             "score": round(float(score), 5),
                         }
-                        for box, cls, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True)
+                        for box, cls, score in zip(
+                            boxes.xyxy, boxes.classes, boxes.scores, strict=True
+                        )
                     ],
                 }
                 details_path = out_dir / "details" / f"{stem}.json"

@@ -129,11 +129,13 @@ def _filtered(
             f"{len(box_scores)} box scores"
         )
     if len(box_classes) and (box_classes.min() < 1 or box_classes.max() >= num_classes):
-        raise ValueError(
-            f"box classes must be in 1..{num_classes - 1}, got {box_classes.tolist()}"
-        )
+        raise ValueError(f"box classes must be in 1..{num_classes - 1}, got {box_classes.tolist()}")
     if allowed_classes is not None:
         allowed = torch.as_tensor(list(allowed_classes), dtype=torch.int64, device=device)
         keep = torch.isin(box_classes, allowed)
-        mask_logits, box_classes, box_scores = mask_logits[keep], box_classes[keep], box_scores[keep]
+        mask_logits, box_classes, box_scores = (
+            mask_logits[keep],
+            box_classes[keep],
+            box_scores[keep],
+        )
     return mask_logits, box_classes, box_scores

@@ -82,7 +82,9 @@ def overlay(
     if label is not None:
         label_array = _as_label_array(label)
         if label_array.shape != result.shape[:2]:
-            raise ValueError(f"label {label_array.shape} and image {result.shape[:2]} differ in size")
+            raise ValueError(
+                f"label {label_array.shape} and image {result.shape[:2]} differ in size"
+            )
         tinted = (label_array != BACKGROUND) & (label_array != IGNORE_INDEX)
         colours = voc_palette()[label_array].astype(np.float32)
         blended = (1 - alpha) * result.astype(np.float32) + alpha * colours
@@ -91,7 +93,9 @@ def overlay(
         canvas = Image.fromarray(result)
         draw = ImageDraw.Draw(canvas)
         palette = voc_palette()
-        for (x0, y0, x1, y1), cls, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True):
+        for (x0, y0, x1, y1), cls, score in zip(
+            boxes.xyxy, boxes.classes, boxes.scores, strict=True
+        ):
             colour = tuple(int(v) for v in palette[int(cls)])
             draw.rectangle((float(x0), float(y0), float(x1), float(y1)), outline=colour, width=2)
             name = class_names[int(cls)] if class_names is not None else str(int(cls))
@@ -132,8 +136,9 @@ def confusion_matrix_figure(
         for (row, column), value in np.ndenumerate(normalised):
             if not np.isnan(value):
                 colour = "black" if value > 0.6 else "white"
-                axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                          color=colour)  # fmt: skip
+                axes.text(
+                    column, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour
+                )
     axes.set_xticks(ticks, labels=list(class_names), rotation=90, fontsize=7)
     axes.set_yticks(ticks, labels=list(class_names), fontsize=7)
     axes.set_xlabel("prediction")
@@ -180,9 +185,15 @@ def comparison_grid(
                 axes.set_title(column_titles[column], fontsize=9)
         if row_titles is not None:
             grid[row_index][0].text(
-                -0.05, 0.5, row_titles[row_index], transform=grid[row_index][0].transAxes,
-                rotation=90, ha="right", va="center", fontsize=8,
-            )  # fmt: skip
+                -0.05,
+                0.5,
+                row_titles[row_index],
+                transform=grid[row_index][0].transAxes,
+                rotation=90,
+                ha="right",
+                va="center",
+                fontsize=8,
+            )
     if title:
         figure.suptitle(title)
     figure.tight_layout()

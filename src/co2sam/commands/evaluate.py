@@ -118,13 +118,19 @@ def evaluate(
     split: str | None = typer.Option(None, help="Split to evaluate (default eval.split)."),
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     mode: str | None = typer.Option(None, help="label-guided, open or both (default eval.mode)."),
-    sam: str | None = typer.Option(None, help="SAM weights (default: the adapter's base or model.sam)."),
+    sam: str | None = typer.Option(
+        None, help="SAM weights (default: the adapter's base or model.sam)."
+    ),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     boxes: str | None = typer.Option(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
     ),
-    out: Path | None = typer.Option(None, help="Output folder (default eval.out_dir or runs/eval/SPLIT)."),
-    overlays: bool | None = typer.Option(None, "--overlays/--no-overlays", help="Also write colour overlays."),
+    out: Path | None = typer.Option(
+        None, help="Output folder (default eval.out_dir or runs/eval/SPLIT)."
+    ),
+    overlays: bool | None = typer.Option(
+        None, "--overlays/--no-overlays", help="Also write colour overlays."
+    ),
     limit: int | None = typer.Option(None, help="Only the first N images."),
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
@@ -169,7 +175,9 @@ def run_evaluation(
     )
     modes = modes_of(cfg.eval.mode)
     out_dir = Path(cfg.eval.out_dir or Path("runs") / "eval" / split)
-    label_folders = {m: out_dir / m / "predictions" for m in modes} if cfg.eval.save_predictions else {}
+    label_folders = (
+        {m: out_dir / m / "predictions" for m in modes} if cfg.eval.save_predictions else {}
+    )
     overlay_folders = {m: out_dir / m / "overlays" for m in modes} if cfg.eval.overlays else {}
     writer = PredictionWriter(label_folders, overlay_folders, dataset.class_names)
     test_mode = None
@@ -182,9 +190,11 @@ def run_evaluation(
         if test_mode is not None:
             test_writer(prediction)
 
-    console.print(f"evaluating {split} ({len(dataset)} images) with {base}"
-                  f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
-                  f"boxes: {source.description}")  # fmt: skip
+    console.print(
+        f"evaluating {split} ({len(dataset)} images) with {base}"
+        f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
+        f"boxes: {source.description}"
+    )
     results = evaluate_model(
         segmenter,
         dataset,
@@ -215,8 +225,10 @@ def run_evaluation(
         title = f"{split} — {mode} mode — boxes: {source.origin}"
         console.print(metrics_table(metrics, dataset.class_names, title))
         confusion_matrix_figure(
-            metrics["confusion_matrix"], dataset.class_names, out_dir / mode / "confusion_matrix.png",
+            metrics["confusion_matrix"],
+            dataset.class_names,
+            out_dir / mode / "confusion_matrix.png",
             title=f"{split}, {mode} mode",
-        )  # fmt: skip
+        )
     console.print(f"report: {out_dir / 'report.json'}")
     return report

@@ -17,7 +17,9 @@ def predict(
     classes: str | None = typer.Option(
         None, help='Comma-separated class names, e.g. "dog,sofa" (default: the config\'s dataset).'
     ),
-    sam: str | None = typer.Option(None, help="SAM weights (default: the adapter's base or model.sam)."),
+    sam: str | None = typer.Option(
+        None, help="SAM weights (default: the adapter's base or model.sam)."
+    ),
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     detector: str | None = typer.Option(
         None, help="Grounding DINO hub id or folder: detect all classes at once."
@@ -43,9 +45,10 @@ def predict(
         raise
     boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
     segmenter, base = load_segmenter(
-        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter,
+        sam or (None if cfg.model.adapter else cfg.model.sam),
+        cfg.model.adapter,
         resolve_device(cfg.eval.device),
-    )  # fmt: skip
+    )
     results = predict_images(segmenter, image_paths, boxes_fn, class_names, out)
     for result in results:
         found = ", ".join(

@@ -18,7 +18,9 @@ def pseudo_labels(
     mode: str = typer.Option(
         "label-guided", help="label-guided (image labels filter classes; default) or open."
     ),
-    sam: str | None = typer.Option(None, help="SAM weights (default: the adapter's base or model.sam)."),
+    sam: str | None = typer.Option(
+        None, help="SAM weights (default: the adapter's base or model.sam)."
+    ),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     boxes: str | None = typer.Option(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
@@ -28,8 +30,10 @@ def pseudo_labels(
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
 ) -> None:
-    """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter; score them
-    against the ground truth when the split has masks."""
+    """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter.
+
+    Label-guided by default; scored against the ground truth when the split has masks.
+    """
     if mode not in ("label-guided", "open"):
         fail(f"--mode must be label-guided or open, got {mode!r}")
     cfg = resolve_config(
@@ -74,8 +78,10 @@ def run_pseudo_labels(
         sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
     )
     out_dir = Path(out or Path("runs") / "pseudo_labels" / split)
-    console.print(f"pseudo-labels for {split} ({len(dataset)} images), {mode} mode, "
-                  f"boxes: {source.description}")  # fmt: skip
+    console.print(
+        f"pseudo-labels for {split} ({len(dataset)} images), {mode} mode, "
+        f"boxes: {source.description}"
+    )
     metrics = export_pseudo_labels(
         segmenter,
         dataset,

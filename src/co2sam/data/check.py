@@ -95,8 +95,8 @@ def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
     try:
         image, report = read_image_with_report(image_path)
         image_size = image.shape[:2]
-        for conversion in report.conversions:
-            yield Problem("converted", split, image_name, f"{report.mode} image", conversion)
+        for found, handling in report.conversions:
+            yield Problem("converted", split, image_name, found, handling)
     except DatasetError as error:
         kind = "missing image" if not image_path.is_file() else "unreadable image"
         yield Problem("error", split, image_name, kind, str(error))
@@ -107,8 +107,12 @@ def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
         try:
             mask = read_label_png(mask_path)
         except DatasetError as error:
-            missing = mask_path is None or not mask_path.is_file()
-            kind = "missing mask" if missing else "unreadable mask"
+            if mask_path is None or not mask_path.is_file():
+                kind = "missing mask"
+            elif "colour image" in str(error):
+                kind = "colour (RGB) mask, not class indices"
+            else:
+                kind = "unreadable mask"
             yield Problem("error", split, mask_name, kind, str(error))
         if mask is not None:
             values = np.unique(mask)

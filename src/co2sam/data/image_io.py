@@ -35,7 +35,8 @@ class ImageReport:
     mode: str
     size: tuple[int, int]
     """(H, W) after EXIF transposition."""
-    conversions: list[str] = field(default_factory=list)
+    conversions: list[tuple[str, str]] = field(default_factory=list)
+    """(what was found, what the loader did), e.g. ("CMYK image", "converted to RGB")."""
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -55,11 +56,25 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
+_MODE_NAMES = {
+    "L": "grayscale (L) image",
+    "1": "1-bit image",
+    "LA": "grayscale+alpha (LA) image",
+    "P": "palette (P) image",
+    "PA": "palette+alpha (PA) image",
+    "RGBA": "RGBA image",
+    "CMYK": "CMYK image",
+    "YCbCr": "YCbCr image",
+}
+
+
+def _to_rgb(image: Image.Image, conversions: list[tuple[str, str]]) -> Image.Image:
     orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation not in (0, 1):
         image = ImageOps.exif_transpose(image)
-        conversions.append(f"EXIF orientation {orientation} applied")
+        conversions.append(
+            (f"EXIF orientation {orientation}", "rotated/flipped to the displayed orientation")
+        )
     mode = image.mode
     if mode == "RGB":
         return image
@@ -69,19 +84,10 @@ def _to_rgb(image: Image.Image, conversions: list[str]) -> Image.Image:
         if mode == "F":
             top = max(float(values.max()), 1.0)
         gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        conversions.append(f"{mode} (16/32-bit) rescaled to 8-bit and converted to RGB")
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    names = {
-        "L": "grayscale",
-        "1": "1-bit",
-        "LA": "grayscale+alpha",
-        "P": "palette",
-        "PA": "palette+alpha",
-        "RGBA": "RGBA (alpha dropped)",
-        "CMYK": "CMYK",
-        "YCbCr": "YCbCr",
-    }
-    conversions.append(f"{names.get(mode, mode)} converted to RGB")
+        conversions.append((f"16/32-bit ({mode}) image", "rescaled to 8-bit, converted to RGB"))
+        return Image.fromarray(gray).convert("RGB")
+    handling = "alpha dropped, converted to RGB" if "A" in mode[1:] else "converted to RGB"
+    conversions.append((_MODE_NAMES.get(mode, f"{mode} image"), handling))
     return image.convert("RGB")
 
 
@@ -96,7 +102,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
     """:func:`read_image` plus what was converted on the way (for ``check-data``)."""
     image = _open(Path(path))
-    conversions: list[str] = []
+    conversions: list[tuple[str, str]] = []
     mode = image.mode
     rgb = _to_rgb(image, conversions)
     array = np.asarray(rgb, dtype=np.uint8)

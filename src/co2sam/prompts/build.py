@@ -44,17 +44,22 @@ def build_box_cache(
     path = Path(path) if path is not None else default_cache_path(config, split)
     if origin == "oracle":
         settings = oracle_settings(split, class_names)
-        detector = detector or _oracle_detector(dataset)
     elif origin == "grounding-dino":
         settings = detector_settings(config, split, class_names)
-        detector = detector or _grounding_dino_detector(config, class_names, settings["mode"])
     else:
         raise ValueError(f"unknown box origin {origin!r}; use grounding-dino or oracle")
 
+    # Open (and check) the file first: a settings mismatch must not wait for a model load.
     with BoxCacheWriter(path, settings, overwrite=overwrite) as writer:
         todo = [index for index, image_id in enumerate(dataset.ids) if image_id not in writer.done]
         if limit is not None:
             todo = todo[:limit]
+        if todo and detector is None:
+            detector = (
+                _oracle_detector(dataset)
+                if origin == "oracle"
+                else _grounding_dino_detector(config, class_names, settings["mode"])
+            )
         batch_size = max(1, config.prompts.batch_size)
         with _progress(progress, f"boxes {split}", len(dataset.ids), len(writer.done)) as advance:
             for start in range(0, len(todo), batch_size):

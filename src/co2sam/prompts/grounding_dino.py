@@ -63,7 +63,7 @@ def preprocess_images(
     for image in images:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HWC uint8 RGB image, got {image.shape} {image.dtype}")
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(device)
+        pixels = torch.from_numpy(np.array(image, copy=True)).to(device)
         pixels = pixels.permute(2, 0, 1)[None].float() / 255.0
         size = resized_size(image.shape[0], image.shape[1], shortest, longest)
         pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)
@@ -152,7 +152,7 @@ class GroundingDinoPrompter:
 
     @classmethod
     def from_config(cls, config, class_names: Sequence[str]) -> GroundingDinoPrompter:
-        """From ``config.prompts`` (detector, thresholds, synonyms, batch size, device)."""
+        """From ``config.prompts`` (detector, thresholds, synonyms, batch size, device, sizes)."""
         from co2sam.prompts.source import class_prompts
 
         prompts = config.prompts
@@ -164,6 +164,8 @@ class GroundingDinoPrompter:
             text_threshold=prompts.text_threshold,
             batch_size=prompts.batch_size,
             device=prompts.device,
+            shortest_edge=prompts.image_min_size,
+            longest_edge=prompts.image_max_size,
         )
 
     def queries_for(self, labels: Sequence[int] | None) -> list[TextQuery]:

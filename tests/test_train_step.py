@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from co2sam.config import LossConfig, OptimConfig
+from co2sam.losses import dice_loss
+from co2sam.sam import Segmenter, attach_lora, load_sam
+from co2sam.train.data import TrainBatch
+from co2sam.train.schedule import build_optimizer
+from co2sam.train.step import forward_branches, training_step
+
+
+def _image(height, width, squares):
+    image = np.full((height, width, 3), 30, np.uint8)
+    for (x0, y0, x1, y1), colour in squares:
+        image[y0:y1, x0:x1] = colour
+    return image
+
+
+def _batch(with_empty=True):
+    first = _image(96, 128, [((10, 10, 50, 60), (220, 40, 40)), ((70, 30, 120, 90), (40, 200, 60))])
+    second = _image(80, 80, [((20, 15, 60, 70), (50, 60, 230))])
+    images = [first, second]
+    boxes = [
+        np.array([[8, 8, 52, 62], [68, 28, 122, 92]], np.float32),
+        np.array([[18, 13, 62, 72]], np.float32),
+    ]
+    ids = ["a", "b"]
+    if with_empty:
+        images.append(_image(64, 64, []))
+        boxes.append(np.zeros((0, 4), np.float32))
+        ids.append("empty")
+    strong = [np.clip(image.astype(int) + 25, 0, 255).astype(np.uint8) for image in images]
+    classes = [np.ones(len(b), np.int64) for b in boxes]
+    return TrainBatch(ids, images, strong, boxes, classes)
+
+
+@pytest.fixture()
+def segmenter():
+    torch.manual_seed(0)
+    return Segmenter(attach_lora(load_sam("tiny")))
+
+
+def _lora_grad(segmenter):
+    return sum(
+        float(p.grad.abs().sum()) for p in segmenter.trainable_parameters() if p.grad is not None
+    )
+
+
+def _train(segmenter, batch, steps, config=None, lr=1e-3):
+    optim = OptimConfig(lr=lr, warmup_steps=0, milestones=[])
+    optimizer, _ = build_optimizer(segmenter.trainable_parameters(), optim)
+    totals = []
+    for _ in range(steps):
+        total, logs = training_step(segmenter, batch, config or LossConfig())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        totals.append(float(logs["total"]))
+    return totals
+
+
+def test_step_skips_images_without_boxes_and_counts_them(segmenter):
+    total, logs = training_step(segmenter, _batch(), LossConfig())
+    assert total.requires_grad and torch.isfinite(total)
+    assert logs["images"] == 2 and logs["skipped"] == 1 and logs["boxes"] == 3
+    assert all(not value.requires_grad for value in logs.values())
+    empty = TrainBatch(["e"], [_image(32, 32, [])], [_image(32, 32, [])], [np.zeros((0, 4))], [])
+    total, logs = training_step(segmenter, empty, LossConfig())
+    assert total is None and logs["skipped"] == 1
+
+
+def test_branch_shapes_and_t_teacher_is_plain_sam(segmenter):
+    batch = _batch()
+    plain = Segmenter(load_sam("tiny"))  # same tiny weights, no LoRA
+
+    def plain_masks():
+        with torch.no_grad():
+            return forward_branches(plain, batch).template.masks
+
+    before = forward_branches(segmenter, batch)
+    size = segmenter.image_size
+    assert before.template.embeddings.shape == (2, 256, size // 16, size // 16)
+    assert [m.shape for m in before.student.masks] == [(2, size, size), (1, size, size)]
+    assert [m.shape for m in before.u_teacher.low_res] == [(2, size // 4, size // 4), (1, 32, 32)]
+    for ours, reference in zip(before.template.masks, plain_masks(), strict=True):
+        torch.testing.assert_close(ours, reference)
+
+    frozen = {n: p.clone() for n, p in segmenter.named_parameters() if "lora_" not in n}
+    lora = {n: p.clone() for n, p in segmenter.named_parameters() if "lora_" in n}
+    _train(segmenter, batch, steps=3, lr=1e-2)
+    after = forward_branches(segmenter, batch)
+    for ours, reference in zip(after.template.masks, plain_masks(), strict=True):
+        torch.testing.assert_close(ours, reference)  # the T-teacher is still plain SAM
+    assert not torch.allclose(after.u_teacher.masks[0], before.u_teacher.masks[0])
+    for name, value in segmenter.named_parameters():
+        if name in frozen:
+            assert torch.equal(value, frozen[name]), name
+    assert any(not torch.equal(p, lora[n]) for n, p in segmenter.named_parameters() if n in lora)
+
+
+def test_gradients_reach_lora_through_student_and_u_teacher(segmenter):
+    batch = _batch(with_empty=False)
+    # Student only: focal against the detached target [M_u > 0].
+    branches = forward_branches(segmenter, batch)
+    target = (branches.u_teacher.masks[0].detach() > 0).float()
+    student_only = dice_loss(branches.student.masks[0], target).sum()
+    student_only.backward()
+    assert _lora_grad(segmenter) > 0
+    assert branches.u_teacher.masks[0].grad_fn is not None  # U-teacher keeps its graph
+    segmenter.zero_grad()
+    # U-teacher only: its half of the template term (the T-teacher target has no graph).
+    branches = forward_branches(segmenter, batch)
+    assert branches.template.masks[0].grad_fn is None
+    template_target = (branches.template.masks[0] > 0).float()
+    u_only = dice_loss(branches.u_teacher.masks[0], template_target).sum()
+    u_only.backward()
+    assert _lora_grad(segmenter) > 0
+
+
+def test_training_on_one_batch_lowers_the_loss(segmenter):
+    totals = _train(segmenter, _batch(with_empty=False), steps=30, lr=3e-3)
+    assert np.mean(totals[-5:]) < 0.8 * totals[0], totals
+
+
+def test_reference_mode_and_no_strong_view(segmenter):
+    config = LossConfig(compat="reference", strong_view=False, entropy_weight=0.0)
+    totals = _train(segmenter, _batch(with_empty=False), steps=2, config=config)
+    assert all(np.isfinite(totals))
