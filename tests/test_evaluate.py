@@ -158,7 +158,8 @@ def test_evaluate_command_writes_report_pngs_and_figures(data_root, dataset, tmp
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "label-guided mode" in result.output and "open mode" in result.output
+    output = " ".join(result.output.split())
+    assert "label-guided mode" in output and "open mode" in output
     report = json.loads((out / "report.json").read_text())
     assert report["modes"] == ["label-guided", "open"]
     assert report["adapter"] == str(adapter)

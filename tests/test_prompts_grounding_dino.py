@@ -15,6 +15,15 @@ from co2sam.prompts.grounding_dino import GroundingDinoPrompter, preprocess_imag
 NUM_QUERIES = 12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (many threads spin on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_grounding_dino(vocab_size: int) -> GroundingDinoForObjectDetection:
     """A random Grounding DINO small enough to run in a fraction of a second on CPU."""
     torch.manual_seed(0)
@@ -149,7 +158,8 @@ def test_boxes_command_with_a_local_detector(prompter_parts, tmp_path):
 
     config = load_config(
         None,
-        [f"data.root={tmp_path / 'data'}", "data.dataset=synthetic", "prompts.source=detector",
+        [f"data.root={tmp_path / 'data'}", "data.dataset=synthetic", "data.train_split=train",
+         "prompts.source=detector",
          f"prompts.detector={detector}", "prompts.box_threshold=0", "prompts.text_threshold=0",
          "prompts.image_min_size=96", "prompts.image_max_size=128", "prompts.max_boxes=5"],
     )  # fmt: skip

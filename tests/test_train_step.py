@@ -41,6 +41,16 @@ def segmenter():
     return Segmenter(attach_lora(load_sam("tiny")))
 
 
+def _sharpened_tiny_sam():
+    """Tiny random SAM with mask logits of order 1 (its raw ones are ~0.005, too flat)."""
+    sam = load_sam("tiny")
+    with torch.no_grad():
+        for mlp in sam.mask_decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.mul_(300.0)
+            mlp.proj_out.bias.mul_(300.0)
+    return sam
+
+
 def _lora_grad(segmenter):
     return sum(
         float(p.grad.abs().sum()) for p in segmenter.trainable_parameters() if p.grad is not None
@@ -50,14 +60,14 @@ def _lora_grad(segmenter):
 def _train(segmenter, batch, steps, config=None, lr=1e-3):
     optim = OptimConfig(lr=lr, warmup_steps=0, milestones=[])
     optimizer, _ = build_optimizer(segmenter.trainable_parameters(), optim)
-    totals = []
+    history = []
     for _ in range(steps):
         total, logs = training_step(segmenter, batch, config or LossConfig())
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        totals.append(float(logs["total"]))
-    return totals
+        history.append({name: float(value) for name, value in logs.items()})
+    return history
 
 
 def test_step_skips_images_without_boxes_and_counts_them(segmenter):
@@ -118,12 +128,17 @@ def test_gradients_reach_lora_through_student_and_u_teacher(segmenter):
     assert _lora_grad(segmenter) > 0
 
 
-def test_training_on_one_batch_lowers_the_loss(segmenter):
-    totals = _train(segmenter, _batch(with_empty=False), steps=30, lr=3e-3)
-    assert np.mean(totals[-5:]) < 0.8 * totals[0], totals
+def test_training_on_one_batch_lowers_the_loss():
+    torch.manual_seed(0)
+    segmenter = Segmenter(attach_lora(_sharpened_tiny_sam()))
+    history = _train(segmenter, _batch(with_empty=False), steps=24, lr=1e-2)
+    totals = [h["total"] for h in history]
+    assert np.mean(totals[-3:]) < totals[0] - 0.1, totals
+    # the student learns to agree with the U-teacher across views
+    assert history[-1]["dice"] < 0.8 * history[0]["dice"]
 
 
 def test_reference_mode_and_no_strong_view(segmenter):
     config = LossConfig(compat="reference", strong_view=False, entropy_weight=0.0)
-    totals = _train(segmenter, _batch(with_empty=False), steps=2, config=config)
-    assert all(np.isfinite(totals))
+    history = _train(segmenter, _batch(with_empty=False), steps=2, config=config)
+    assert all(np.isfinite(h["total"]) for h in history)
