@@ -2,8 +2,9 @@
 
 The architecture is SAM's (ViT image encoder with windowed + global attention, prompt
 encoder, two-way-transformer mask decoder), shrunk so that it trains on a laptop CPU:
-input 128x128, a 3-block encoder 64 wide, and a 64-wide neck, prompt encoder and mask
-decoder (real SAM: 256). Embeddings are (64, 8, 8), low-res mask logits (32, 32).
+input 128x128 in 8x8 patches, a 3-block encoder 64 wide, and a 64-wide neck, prompt
+encoder and mask decoder (real SAM: 256). Embeddings are (64, 16, 16), low-res mask
+logits (64, 64).
 
 Its weights are made by ``scripts/make_demo_sam.py`` (box -> mask training on the
 demo's source domain) and shipped as a transformers folder in
@@ -24,6 +25,8 @@ from transformers import SamConfig, SamModel
 
 from co2sam.models.variants import _sam_config
 
+PATCH_SIZE = 8
+"""Finer than SAM's 16: 16x16 embeddings and 64x64 low-res masks for 128x128 inputs."""
 DEMO_SAM_ASSET = "demo_sam"
 """Folder name of the shipped weights inside ``co2sam/assets``."""
 PROVENANCE_FILE = "provenance.json"
@@ -44,6 +47,9 @@ def demo_sam_config() -> SamConfig:
         iou_head_hidden_dim=64,
     )
     width = 64
+    config.vision_config.patch_size = PATCH_SIZE
+    config.prompt_encoder_config.patch_size = PATCH_SIZE
+    config.prompt_encoder_config.image_embedding_size = 128 // PATCH_SIZE
     config.vision_config.output_channels = width
     config.vision_config.num_pos_feats = width // 2
     config.prompt_encoder_config.hidden_size = width

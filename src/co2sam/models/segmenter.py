@@ -113,7 +113,9 @@ class Segmenter(nn.Module):
             for image in images:
                 if image.ndim != 3 or image.shape[2] != 3:
                     raise ValueError(f"expected HWC RGB images, got shape {image.shape}")
-                tensors.append(torch.from_numpy(np.ascontiguousarray(image)).to(self.device))
+                # np.require copies read-only arrays (torch cannot wrap them safely).
+                pixels = np.require(image, requirements=["C", "W"])
+                tensors.append(torch.from_numpy(pixels).to(self.device))
                 tensors[-1] = tensors[-1].permute(2, 0, 1)
         size = self.image_size
         pixel_values = torch.zeros(len(tensors), 3, size, size, device=self.device)

@@ -104,8 +104,8 @@ class TrainingSet(Dataset):
         pair = self.views(sample.image, boxes.xyxy, self.sample_rng(index))
         return TrainItem(
             image_id=sample.id,
-            weak=pair.weak,
-            strong=pair.strong,
+            weak=np.require(pair.weak, np.uint8, ["C", "W"]),  # torch wants writable arrays
+            strong=np.require(pair.strong, np.uint8, ["C", "W"]),
             boxes=np.asarray(pair.boxes, dtype=np.float32).reshape(-1, 4),
             box_classes=np.asarray(boxes.classes, dtype=np.int64).reshape(-1),
         )

@@ -1,0 +1,117 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from co2sam.config import load_config
+from co2sam.records import Boxes
+from co2sam.train import loop
+from co2sam.train.checkpoint import load_checkpoint
+from co2sam.train.loop import NonFiniteLossError, RunDirError, fit
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    make_synthetic_dataset(
+        root, num_images=5, num_classes=2, image_size=48, seed=0, splits={"train": 3, "val": 2}
+    )
+    return root
+
+
+def _config(data_root, out_dir, *overrides):
+    return load_config(
+        None,
+        [
+            "model.sam=tiny",
+            "data.dataset=synthetic",
+            f"data.root={data_root}",
+            "data.train_split=train",
+            "data.num_workers=0",
+            "prompts.source=oracle",
+            f"train.out_dir={out_dir}",
+            "train.accelerator=cpu",
+            "train.epochs=2",
+            "train.batch_size=2",
+            "train.val_every=0",
+            "train.log_every=1",
+            "optim.warmup_steps=0",
+            "optim.lr=1e-2",
+            *overrides,
+        ],
+    )
+
+
+def _lora(result):
+    return {
+        name: value.detach().clone()
+        for name, value in result.segmenter.named_parameters()
+        if "lora_" in name
+    }
+
+
+def test_kill_and_resume_reaches_the_same_weights(data_root, tmp_path):
+    full = fit(_config(data_root, tmp_path / "full"), progress=False)
+    assert (full.step, full.epoch) == (4, 2)  # 3 images, batch 2: 2 batches per epoch
+
+    stopped = fit(_config(data_root, tmp_path / "cut", "train.max_steps=1"), progress=False)
+    assert (stopped.step, stopped.epoch) == (1, 0)
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (state["step"], state["batch_in_epoch"]) == (1, 1)
+    with pytest.raises(RunDirError, match="--resume"):
+        fit(_config(data_root, tmp_path / "cut"), progress=False)
+
+    resumed = fit(_config(data_root, tmp_path / "cut"), resume=True, progress=False)
+    assert (resumed.step, resumed.epoch) == (4, 2)
+    expected, found = _lora(full), _lora(resumed)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        assert torch.equal(expected[name], found[name]), name
+    assert any(value.abs().sum() > 0 for n, value in found.items() if "lora_B" in n)
+
+
+def test_fit_validates_keeps_the_best_adapter_and_logs(data_root, tmp_path):
+    from co2sam.sam import load_adapter
+
+    run = tmp_path / "run"
+    result = fit(_config(data_root, run, "train.epochs=1", "train.val_every=1"), progress=False)
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "epoch-001.pt").is_file()
+    assert result.history and "label-guided" in result.history[0]["metrics"]
+    assert result.best is not None and result.best["epoch"] == 1
+    assert result.best_adapter == run / "best"
+    model = load_adapter(None, result.best_adapter)
+    assert any("lora_B" in name for name, _ in model.named_parameters())
+    assert (run / "last" / "co2sam_adapter.json").is_file()
+    rows = list(csv.DictReader((run / "csv" / "from-step-0" / "metrics.csv").open()))
+    assert any(row.get("train/total") for row in rows)
+    assert any(row.get("val/label-guided/miou") for row in rows)
+    assert any(row.get("train/lr") for row in rows)
+    assert list((run / "tensorboard").iterdir())
+
+
+def test_images_without_boxes_are_skipped(data_root, tmp_path):
+    def only_first_image(sample):
+        if sample.id.endswith("0"):
+            return Boxes(np.array([[5, 5, 30, 30]], np.float32), np.array([1]), np.ones(1))
+        return Boxes(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0))
+
+    config = _config(data_root, tmp_path / "run", "train.epochs=1", "train.batch_size=1")
+    result = fit(config, boxes_fn=only_first_image, progress=False)
+    assert result.step == 1 and result.skipped_images == 2 and result.skipped_steps == 2
+
+
+def test_non_finite_loss_stops_the_run_with_details(data_root, tmp_path, monkeypatch):
+    real_step = loop.training_step
+
+    def poisoned(segmenter, batch, config):
+        total, logs = real_step(segmenter, batch, config)
+        logs["focal"] = torch.tensor(float("nan"))
+        return total * float("nan"), logs
+
+    monkeypatch.setattr(loop, "training_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 .*syn_000\d.*'focal': nan"):
+        fit(_config(data_root, tmp_path / "run"), progress=False)
