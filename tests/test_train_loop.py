@@ -115,3 +115,26 @@ def test_non_finite_loss_stops_the_run_with_details(data_root, tmp_path, monkeyp
     monkeypatch.setattr(loop, "training_step", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"step 1 .*syn_000\d.*'focal': nan"):
         fit(_config(data_root, tmp_path / "run"), progress=False)
+
+
+def test_cli_train_then_resume(data_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    run = tmp_path / "run"
+    common = ["--set", "data.dataset=synthetic", "--set", "data.train_split=train"]
+    common += ["--set", "data.num_workers=0", "--set", "train.val_every=0", "--no-progress"]
+    args = ["train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle"]
+    args += ["--out", str(run), "--accelerator", "cpu", "--max-steps", "1", *common]
+    runner = CliRunner()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "step 1" in result.output
+    result = runner.invoke(
+        app, ["train", "--resume", str(run), "--max-steps", "2", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    result = runner.invoke(app, args)  # the folder already holds a run
+    assert result.exit_code == 2 and "--resume" in result.output

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import SamConfig, SamModel
 
 from co2sam.models.variants import _sam_config
@@ -58,10 +59,27 @@ def demo_sam_config() -> SamConfig:
 
 
 def build_demo_sam(seed: int = 0) -> SamModel:
-    """A randomly initialised demo SAM, deterministic in ``seed`` (global RNG untouched)."""
+    """A randomly initialised demo SAM, deterministic in ``seed`` (global RNG untouched).
+
+    Initialised as Meta's SAM is (PyTorch's default init of every Linear, Conv and
+    Embedding; random Fourier position features with std 1). transformers' own init
+    (std 0.02 everywhere, Fourier features with std ``hidden_size / 2``) is meant to be
+    overwritten by a checkpoint: from it, a model barely learns to localise its box
+    prompts (mask logits start around 1e-4 and position features are high-frequency noise).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SamModel(demo_sam_config())
+        model = SamModel(demo_sam_config())
+        resettable = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
+        for module in model.modules():
+            if isinstance(module, resettable):
+                module.reset_parameters()
+        with torch.no_grad():
+            model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+            model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+                model.shared_image_embedding.positional_embedding
+            )
+    return model
 
 
 def demo_sam_path() -> Path:

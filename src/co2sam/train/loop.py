@@ -19,6 +19,7 @@ uninterrupted one (bit for bit on CPU).
 
 from __future__ import annotations
 
+import inspect
 import math
 import shutil
 from collections.abc import Callable
@@ -136,15 +137,18 @@ def fit(
     script, Fabric starts the other local processes by re-running the command.
     """
     from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
 
     train = config.train
     accelerator = train.accelerator
     world = train.devices * train.num_nodes
+    # SAM's buffers are constants: no per-forward buffer broadcast, so forwards need no
+    # collective and a process without boxes can join a step with one dummy forward.
     fabric = Fabric(
         accelerator=accelerator,
         devices=train.devices,
         num_nodes=train.num_nodes,
-        strategy="ddp" if world > 1 else "auto",
+        strategy=DDPStrategy(**_no_buffer_sync()) if world > 1 else "auto",
         precision=resolve_precision(train.precision, accelerator),  # type: ignore[arg-type]
     )
     fabric.launch()
@@ -188,6 +192,8 @@ def fit(
     planned = train.epochs * batches_per_epoch
     total_steps = min(planned, train.max_steps) if train.max_steps else planned
     bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero)
+    if train.val_every == 0:
+        bar.print("validation off (train.val_every = 0): no best/ adapter will be kept")
     stop = train.max_steps is not None and state["step"] >= train.max_steps
     try:
         while state["epoch"] < train.epochs and not stop:
@@ -253,40 +259,53 @@ def fit(
 def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state):
     """Forward, backward and update on one batch; None when no process had a box.
 
-    Every process reports (has boxes, loss not finite) in one all-reduce, so all of them
-    skip or stop together: DDP would hang if one process left the step alone.
+    Processes agree (one all-reduce each) on whether any of them has a box before the
+    forward, and on whether any loss is non-finite after it, so all of them skip, step
+    or stop together: DDP hangs if its processes run different collectives.
     """
-    total, logs = training_step(model, batch, config.loss)
-    state["skipped_images"] += int(logs["skipped"].item())
-    has_boxes = total is not None
-    finite = has_boxes and bool(torch.isfinite(total))
-    flags = torch.tensor(
-        [float(has_boxes), float(has_boxes and not finite), logs["images"].item()],
-        device=fabric.device,
-    )
-    flags = fabric.all_reduce(flags, reduce_op="sum") if fabric.world_size > 1 else flags
-    if flags[0].item() == 0:
+    distributed = fabric.world_size > 1
+    has_boxes = any(len(boxes) > 0 for boxes in batch.boxes)
+    anyone = torch.tensor([float(has_boxes)], device=fabric.device)
+    if distributed:
+        anyone = fabric.all_reduce(anyone, reduce_op="sum")
+    if anyone.item() == 0:
+        state["skipped_images"] += len(batch)
         state["skipped_steps"] += 1
         return None
-    if flags[1].item() > 0:
+    if has_boxes:
+        total, logs = training_step(model, batch, config.loss)
+    else:
+        # Others have boxes: join the gradient all-reduce with a zero loss (DDP needs
+        # every process to run a forward and a backward).
+        total, logs = _zero_loss(model), {"images": torch.zeros(()), "skipped": None}
+    state["skipped_images"] += len(batch) if logs["skipped"] is None else int(logs["skipped"])
+    finite = bool(torch.isfinite(total))
+    flags = torch.tensor([float(not finite), float(logs["images"])], device=fabric.device)
+    if distributed:
+        flags = fabric.all_reduce(flags, reduce_op="sum")
+    if flags[0].item() > 0:
         where = f"step {state['step'] + 1} (epoch {state['epoch']})"
-        if has_boxes and not finite:
+        if not finite:
             values = {name: round(float(v), 6) for name, v in logs.items()}
             raise NonFiniteLossError(
                 f"non-finite loss at {where} on images {batch.image_ids}: {values}. "
                 "Try a lower optim.lr, --precision 32-true, or check these images' boxes."
             )
         raise NonFiniteLossError(f"another process hit a non-finite loss at {where}; see its log")
-    if not has_boxes:
-        # This process has no box but others do: join the gradient all-reduce with a
-        # zero loss through a dummy forward (DDP needs every process to run forward).
-        total = _zero_loss(model)
     fabric.backward(total)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     losses = {name: float(logs[name]) for name in (*LOSS_NAMES, "total") if name in logs}
-    return losses, int(flags[2].item())
+    return losses, int(flags[1].item())
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that turns off the per-forward buffer broadcast (renamed in torch 2.13)."""
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _zero_loss(model: Any) -> torch.Tensor:

@@ -57,7 +57,7 @@ class TrainProgress:
     Disabled (every method a no-op) when ``enabled`` is False (other ranks, tests).
     """
 
-    SHOWN = ("total", "focal", "dice", "template", "contrastive")
+    SHOWN = ("total", "focal", "dice", "template", "contrastive", "iou", "entropy")
 
     def __init__(self, total_steps: int, start_step: int, *, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -69,8 +69,7 @@ class TrainProgress:
         if not enabled:
             return
         self._progress = Progress(
-            TextColumn("[bold]train[/]"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),

@@ -1,0 +1,324 @@
+"""Training-step throughput and peak memory: co2sam's trainer vs a reference-style loop.
+
+A step = T-teacher, U-teacher and student branches + all losses + backward + Adam on
+the LoRA parameters. Both loops run in this process on the same random weights:
+
+- ``reference-style``: benchmarks/reference_loop.py (batch 1, fp32, a Grounding DINO
+  forward per labelled class of every image at every step, per-box decoding, per-mask
+  loss loops at full input resolution);
+- ``ours``: ``co2sam.train.step.training_step`` + Adam, with each optimisation switched
+  on alone (bf16 autocast, eager vs SDPA attention, batch > 1 with ragged box counts,
+  gradient checkpointing, torch.compile of the image encoder), then the winners together.
+
+Views are made beforehand for both (a data-loader job). Cases are timed in turns so that
+a change of machine load hits all of them. Examples::
+
+    python benchmarks/train_step.py                       # CPU, reduced SAM at 256
+    python benchmarks/train_step.py --device cuda --variant vit_b --size 1024 \\
+        --batch-sizes 1,4,8 --iterations 20 --warmup 3 --compile --flops
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# Before torch starts OpenMP: spinning threads make a busy 2-core machine 30x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    H100_BF16_DENSE_TFLOPS,
+    Work,
+    autocast,
+    build_prompter,
+    build_segmenter,
+    common_arguments,
+    compile_encoder,
+    environment,
+    make_work,
+    measure_memory,
+    print_table,
+    round_robin,
+    row_from_seconds,
+    save_json,
+    setup,
+)
+from reference_loop import ReferenceStyleStep, reference_losses  # noqa: E402
+
+from co2sam.config import LossConfig  # noqa: E402
+from co2sam.losses import image_losses, reduce_batch, total_loss  # noqa: E402
+from co2sam.train.data import TrainBatch  # noqa: E402
+from co2sam.train.step import training_step  # noqa: E402
+
+
+def strong_view(image: np.ndarray) -> np.ndarray:
+    """A stand-in photometric view (timing does not depend on which augmentation)."""
+    return (255 - image).astype(np.uint8)
+
+
+def train_batch(items: Sequence[Work]) -> TrainBatch:
+    return TrainBatch(
+        image_ids=[str(index) for index in range(len(items))],
+        weak=[item.image for item in items],
+        strong=[strong_view(item.image) for item in items],
+        boxes=[item.boxes for item in items],
+        box_classes=[item.classes for item in items],
+    )
+
+
+class OursStep:
+    """co2sam's step on batches of ``batch_size`` images taken in turn from ``work``."""
+
+    def __init__(
+        self,
+        segmenter: Any,
+        work: Sequence[Work],
+        batch_size: int,
+        device: torch.device,
+        *,
+        precision: str = "fp32",
+        checkpointing: bool = False,
+    ) -> None:
+        self.segmenter = segmenter
+        self.batches = [
+            train_batch([work[(start + k) % len(work)] for k in range(batch_size)])
+            for start in range(0, len(work), batch_size)
+        ]
+        self.device = device
+        self.precision = precision
+        self.checkpointing = checkpointing
+        self.loss_config = LossConfig()
+        self.optimizer = torch.optim.Adam(
+            segmenter.trainable_parameters(), lr=1e-4, weight_decay=1e-4
+        )
+        self.calls = 0
+
+    def __call__(self) -> float:
+        batch = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        self.segmenter.gradient_checkpointing = self.checkpointing
+        try:
+            with autocast(self.device, self.precision):
+                total, _ = training_step(self.segmenter, batch, self.loss_config)
+            total.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        finally:
+            self.segmenter.gradient_checkpointing = False
+        return float(total.detach())
+
+
+def reference_case(step: ReferenceStyleStep, work: Sequence[Work]) -> Callable[[], float]:
+    strong = [strong_view(item.image) for item in work]
+    calls = [0]
+
+    def run() -> float:
+        index = calls[0] % len(work)
+        calls[0] += 1
+        return step(work[index], strong[index])
+
+    return run
+
+
+def loss_case(size: int, boxes: int, device: torch.device, kind: str) -> Callable[[], float]:
+    """Losses alone for one image with ``boxes`` boxes: upsample to S x S, losses, backward.
+
+    kind: ``ours`` (co2sam.losses.image_losses), ``ours-compiled`` (the same through
+    torch.compile: elementwise ops fused, no full-resolution intermediates) or
+    ``reference`` (per-mask Python loops of benchmarks/reference_loop.py).
+    """
+    config = LossConfig()
+    losses_fn = torch.compile(image_losses, dynamic=False) if kind == "ours-compiled" else None
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape: int, grad: bool = True) -> torch.Tensor:
+        value = torch.randn(*shape, generator=generator).to(device)
+        return value.requires_grad_(grad)
+
+    def upscale(low_res: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(low_res[:, None], (size, size), mode="bilinear")[
+            :, 0
+        ]
+
+    def run() -> float:
+        low = [tensor(boxes, size // 4, size // 4, grad=g) for g in (False, True, True)]
+        embeddings = [tensor(256, size // 16, size // 16, grad=g) for g in (False, True)]
+        iou = tensor(boxes)
+        masks = [upscale(m) for m in low]
+        if kind == "reference":
+            branches = [
+                (embedding, list(low_res[:, None]), list(full[:, None]), list(iou))
+                for embedding, low_res, full in zip(
+                    (*embeddings, embeddings[1]), low, masks, strict=True
+                )
+            ]
+            total = reference_losses(*branches, beta=config.focal_weight)
+        else:
+            function = losses_fn or image_losses
+            losses = function(
+                student_masks=masks[2],
+                student_iou=iou,
+                u_masks=masks[1],
+                t_masks=masks[0],
+                u_embeddings=embeddings[1],
+                t_embeddings=embeddings[0],
+                u_low_res=low[1],
+                t_low_res=low[0],
+                config=config,
+                num_masks=boxes,
+            )
+            total = total_loss(reduce_batch([losses], config), config)
+        total.backward()
+        return float(total.detach())
+
+    return run
+
+
+def count_flops(run: Callable[[], Any]) -> float:
+    """FLOPs of one call (forward and backward), by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--batch-sizes", default="1,4", help="comma list; 1 is always measured")
+    parser.add_argument("--boxes", type=int, default=3, help="mean boxes per image")
+    parser.add_argument(
+        "--detector",
+        default=None,
+        choices=("reduced", "swin_t", "none"),
+        help="reference-style loop's Grounding DINO (default: reduced on CPU, swin_t on GPU)",
+    )
+    parser.add_argument(
+        "--best-precision",
+        default=None,
+        help="precision of the 'ours best' case (default: bf16 on GPU, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--best-batch", type=int, default=None, help="batch of 'ours best' (default: largest)"
+    )
+    parser.add_argument("--flops", action="store_true", help="count FLOPs and report MFU")
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only the cases whose name contains this text (repeatable), e.g. "
+        "--only 'ours b1 fp32 sdpa' for a ViT-H memory check",
+    )
+    args = parser.parse_args(argv)
+    device = setup(args)
+    on_gpu = device.type == "cuda"
+    detector = args.detector or ("swin_t" if on_gpu else "reduced")
+    best_precision = args.best_precision or ("bf16" if on_gpu else "fp32")
+    batch_sizes = sorted({1, *(int(b) for b in args.batch_sizes.split(",") if b)})
+    work = make_work(max(8, 2 * max(batch_sizes)), args.size, boxes_per_image=args.boxes)
+
+    segmenter = build_segmenter(args.variant, args.size, device, seed=args.seed)
+    factories: dict[str, Callable[[], Callable[[], Any]]] = {}
+    images: dict[str, int] = {}
+    notes: dict[str, str] = {}
+
+    def case(name: str, factory: Callable[[], Callable[[], Any]], batch: int, note: str) -> None:
+        factories[name], images[name], notes[name] = factory, batch, note
+
+    @functools.cache
+    def model(kind: str) -> Any:
+        """Another segmenter with the same weights: ``eager`` attention or ``compiled``."""
+        if kind == "eager":
+            return build_segmenter(
+                args.variant, args.size, device, attention="eager", seed=args.seed
+            )
+        return compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
+
+    def reference(with_detector: bool) -> Callable[[], Any]:
+        prompter = None
+        if with_detector:
+            folder = Path(tempfile.mkdtemp(prefix="co2sam-bench-"))
+            prompter = build_prompter(detector, args.size, device, folder)
+        return reference_case(ReferenceStyleStep(segmenter, prompter), work)
+
+    def ours(name: str, batch: int, note: str, kind: str = "sdpa", **options: Any) -> None:
+        def factory() -> Callable[[], Any]:
+            chosen = segmenter if kind == "sdpa" else model(kind)
+            return OursStep(chosen, work, batch, device, **options)
+
+        case(name, factory, batch, note)
+
+    if not args.skip_reference:
+        if detector != "none":
+            name = f"reference-style, detector every step ({detector})"
+            note = "b1 fp32, per-box decode, per-mask losses"
+            case(name, lambda: reference(True), 1, note)
+        case("reference-style + box cache", lambda: reference(False), 1, "no detection in loop")
+    ours("ours b1 fp32 sdpa", 1, "baseline: box cache, batched branches")
+    ours("ours b1 fp32 eager", 1, "eager attention alone", kind="eager")
+    ours("ours b1 bf16 sdpa", 1, "bf16 autocast alone", precision="bf16")
+    for batch in batch_sizes[1:]:
+        ours(f"ours b{batch} fp32 sdpa", batch, "batch alone (ragged boxes)")
+    ours("ours b1 fp32 sdpa ckpt", 1, "gradient checkpointing alone", checkpointing=True)
+    if args.compile:
+        ours("ours b1 fp32 sdpa compile", 1, "torch.compile encoder alone", kind="compiled")
+    for kind in ("reference", "ours", *(("ours-compiled",) if args.compile else ())):
+        note = f"{args.boxes} boxes at S x S, fwd + bwd"
+        factory = functools.partial(loss_case, args.size, args.boxes, device, kind)
+        case(f"losses only: {kind}", factory, 1, note)
+    best_batch = args.best_batch or batch_sizes[-1]
+    best_name = f"ours best: b{best_batch} {best_precision} sdpa"
+    ours(best_name, best_batch, "winners together", precision=best_precision)
+
+    selected = [name for name in factories if not args.only or any(k in name for k in args.only)]
+    cases = {name: factories[name]() for name in selected}
+    seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
+    rows = [row_from_seconds(name, seconds[name], images[name], notes[name]) for name in cases]
+    if not args.no_memory:
+        for row in rows:
+            row.peak_mib, row.memory_kind = measure_memory(cases[row.name], device)
+
+    env = environment(device)
+    env.update(variant=args.variant, size=args.size, boxes_per_image=args.boxes)
+    by_name = {row.name: row for row in rows}
+    ratios = {}
+    reference_names = [name for name in by_name if name.startswith("reference-style")]
+    for reference_name in reference_names:
+        for name in ("ours b1 fp32 sdpa", best_name):
+            if name not in by_name:
+                continue
+            ratio = by_name[name].images_per_s / by_name[reference_name].images_per_s
+            ratios[f"{name} / {reference_name}"] = ratio
+    if args.flops:
+        # FLOPs do not depend on the attention kernel; eager's matmuls are all counted.
+        flops = count_flops(OursStep(model("eager"), work[:1], 1, device))
+        env["train_tflop_per_image"] = round(flops / 1e12, 4)
+        fastest = max(
+            (row for row in rows if row.name.startswith("ours")), key=lambda r: r.images_per_s
+        )
+        achieved = flops * fastest.images_per_s / 1e12
+        env["fastest_ours"] = fastest.name
+        env["tflops_achieved"] = round(achieved, 3)
+        if on_gpu:
+            env["mfu_vs_peak"] = round(achieved / args.peak_tflops, 4)
+    print_table("training step", rows, env)
+    for label, ratio in ratios.items():
+        print(f"ratio {label}: {ratio:.2f}x")
+    result = {"benchmark": "train_step", "environment": env, "rows": rows, "ratios": ratios}
+    save_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
