@@ -5,8 +5,10 @@ Every benchmark runs unchanged on a CPU (a reduced SAM, ``--variant cpu``) and o
 downloaded): speed and memory do not depend on the values of the weights.
 
 Memory (:class:`PeakMemory`):
-- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``: the peak
-  of tensors allocated by torch, weights included (``cuda-peak-allocated``).
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what
+  was allocated when the step started (``cuda-peak-allocated-delta``); what was resident
+  then (weights of every model the benchmark holds, optimizer state) is reported beside
+  it. For "does ViT-H train in 40 GB" run one case alone (``--only``) and add the two.
 - CPU: the peak resident set size above the level just before the measured step, sampled
   every millisecond from ``/proc/self/statm`` after ``malloc_trim`` returned freed heap
   to the OS (``cpu-peak-rss-delta``). ``tracemalloc`` does not see torch's allocations and
@@ -76,6 +78,8 @@ def sam_config(variant: str, size: int | None = None, attention: str = "sdpa") -
         if size is not None:
             config.vision_config.image_size = size
             config.prompt_encoder_config.image_size = size
+            patch = config.prompt_encoder_config.patch_size
+            config.prompt_encoder_config.image_embedding_size = size // patch
     config._attn_implementation = attention
     return config
 
@@ -313,14 +317,16 @@ def _release_heap() -> None:
 class PeakMemory:
     """Peak memory of the block, in MiB (see the module docstring for what is measured).
 
-    After the block: ``peak_mib`` and ``kind`` (``cuda-peak-allocated`` or
-    ``cpu-peak-rss-delta``).
+    After the block: ``peak_mib`` (above the level at entry), ``resident_mib`` (the level at
+    entry: torch's allocated memory on CUDA, the process RSS on CPU) and ``kind``.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_mib = float("nan")
-        self.kind = "cuda-peak-allocated" if device.type == "cuda" else "cpu-peak-rss-delta"
+        self.resident_mib = float("nan")
+        cuda = device.type == "cuda"
+        self.kind = "cuda-peak-allocated-delta" if cuda else "cpu-peak-rss-delta"
         self._stop = threading.Event()
         self._peak = 0
         self._thread: threading.Thread | None = None
@@ -336,6 +342,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
         else:
             self._base = _rss_bytes()
             self._peak = self._base
@@ -346,20 +353,30 @@ class PeakMemory:
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_mib = (peak - self._base) / 2**20
         else:
             self._stop.set()
             assert self._thread is not None
             self._thread.join()
             self._peak = max(self._peak, _rss_bytes())
             self.peak_mib = (self._peak - self._base) / 2**20
+        self.resident_mib = self._base / 2**20
 
 
-def measure_memory(run: Callable[[], Any], device: torch.device) -> tuple[float, str]:
-    """(peak MiB, kind) of one call of ``run``."""
+def measure_memory(run: Callable[[], Any], device: torch.device) -> PeakMemory:
+    """The :class:`PeakMemory` of one call of ``run``."""
     with PeakMemory(device) as memory:
         run()
-    return memory.peak_mib, memory.kind
+    return memory
+
+
+def add_memory(rows: Sequence[Row], cases: dict[str, Callable[[], Any]], device: torch.device):
+    """One more call of each case, alone, to fill the rows' memory columns."""
+    for row in rows:
+        memory = measure_memory(cases[row.name], device)
+        row.peak_mib, row.memory_kind = memory.peak_mib, memory.kind
+        row.extra["resident_mib"] = memory.resident_mib
 
 
 # ----------------------------------------------------------------------------- reports
@@ -421,13 +438,15 @@ def print_table(title: str, rows: Sequence[Row], env: dict[str, Any]) -> None:
     print(f"\n### {title}")
     print(", ".join(f"{key}: {value}" for key, value in env.items()))
     print()
-    print("| case | images/s | ms/image | peak MiB | notes |")
-    print("|---|---:|---:|---:|---|")
+    print("| case | images/s | ms/image | peak MiB | resident MiB | notes |")
+    print("|---|---:|---:|---:|---:|---|")
     for row in rows:
         peak = "" if row.peak_mib is None else f"{row.peak_mib:.0f}"
+        resident = row.extra.get("resident_mib")
+        resident = "" if resident is None else f"{resident:.0f}"
         print(
             f"| {row.name} | {row.images_per_s:.2f} | {row.ms_per_image:.1f} | {peak} | "
-            f"{row.notes} |"
+            f"{resident} | {row.notes} |"
         )
     kinds = sorted({row.memory_kind for row in rows if row.memory_kind})
     if kinds:

@@ -27,13 +27,13 @@ import numpy as np  # noqa: E402
 from common import (  # noqa: E402
     H100_BF16_DENSE_TFLOPS,
     Work,
+    add_memory,
     autocast,
     build_segmenter,
     common_arguments,
     compile_encoder,
     environment,
     make_work,
-    measure_memory,
     print_table,
     round_robin,
     row_from_seconds,
@@ -140,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
     rows = [row_from_seconds(name, seconds[name], len(dataset), notes[name]) for name in cases]
     if not args.no_memory:
-        for row in rows:
-            row.peak_mib, row.memory_kind = measure_memory(cases[row.name], device)
+        add_memory(rows, cases, device)
 
     env = environment(device)
     env.update(variant=args.variant, size=args.size, images=len(dataset), modes=list(modes))

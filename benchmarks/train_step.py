@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from common import (  # noqa: E402
     H100_BF16_DENSE_TFLOPS,
     Work,
+    add_memory,
     autocast,
     build_prompter,
     build_segmenter,
@@ -45,7 +46,6 @@ from common import (  # noqa: E402
     compile_encoder,
     environment,
     make_work,
-    measure_memory,
     print_table,
     round_robin,
     row_from_seconds,
@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--best-batch", type=int, default=None, help="batch of 'ours best' (default: largest)"
     )
+    parser.add_argument(
+        "--best-checkpointing", action="store_true", help="'ours best' with gradient checkpointing"
+    )
     parser.add_argument("--flops", action="store_true", help="count FLOPs and report MFU")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--skip-reference", action="store_true")
@@ -217,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--only",
         action="append",
         default=[],
-        help="run only the cases whose name contains this text (repeatable), e.g. "
+        help="run only this case, by its printed name (repeatable), e.g. "
         "--only 'ours b1 fp32 sdpa' for a ViT-H memory check",
     )
     args = parser.parse_args(argv)
@@ -279,15 +282,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         case(f"losses only: {kind}", factory, 1, note)
     best_batch = args.best_batch or batch_sizes[-1]
     best_name = f"ours best: b{best_batch} {best_precision} sdpa"
-    ours(best_name, best_batch, "winners together", precision=best_precision)
+    best_name += " ckpt" if args.best_checkpointing else ""
+    best_options = {"precision": best_precision, "checkpointing": args.best_checkpointing}
+    ours(best_name, best_batch, "winners together", **best_options)
 
-    selected = [name for name in factories if not args.only or any(k in name for k in args.only)]
+    unknown = sorted(set(args.only) - set(factories))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; cases: {list(factories)}")
+    selected = [name for name in factories if not args.only or name in args.only]
     cases = {name: factories[name]() for name in selected}
     seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
     rows = [row_from_seconds(name, seconds[name], images[name], notes[name]) for name in cases]
     if not args.no_memory:
-        for row in rows:
-            row.peak_mib, row.memory_kind = measure_memory(cases[row.name], device)
+        add_memory(rows, cases, device)
 
     env = environment(device)
     env.update(variant=args.variant, size=args.size, boxes_per_image=args.boxes)

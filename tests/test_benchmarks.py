@@ -53,6 +53,13 @@ def test_train_step_main(benchmarks, capsys, tmp_path):
     assert "ratio ours b1 fp32 sdpa" in printed and out.is_file()
 
 
+def test_train_step_only_selects_cases(benchmarks, capsys):
+    result = benchmarks["train_step"].main([*TINY, "--only", "ours b1 fp32 sdpa", "--no-memory"])
+    capsys.readouterr()
+    assert [row.name for row in result["rows"]] == ["ours b1 fp32 sdpa"]
+    assert result["ratios"] == {}
+
+
 def test_inference_main_with_memory(benchmarks, capsys):
     result = benchmarks["inference"].main(
         [*TINY, "--images", "2", "--batch-sizes", "1,2", "--precisions", "fp32"]
@@ -62,6 +69,7 @@ def test_inference_main_with_memory(benchmarks, capsys):
     assert [row.name for row in result["rows"]] == ["b1 fp32 sdpa", "b2 fp32 sdpa", "b1 fp32 eager"]
     for row in result["rows"]:
         assert row.memory_kind == "cpu-peak-rss-delta" and math.isfinite(row.peak_mib)
+        assert row.extra["resident_mib"] > 0
 
 
 def test_peak_memory_sees_a_large_tensor(benchmarks):
@@ -71,9 +79,9 @@ def test_peak_memory_sees_a_large_tensor(benchmarks):
         block = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
         return float(block.sum())
 
-    peak, kind = common.measure_memory(allocate, torch.device("cpu"))
-    assert kind == "cpu-peak-rss-delta"
-    assert peak > 24
+    memory = common.measure_memory(allocate, torch.device("cpu"))
+    assert memory.kind == "cpu-peak-rss-delta"
+    assert memory.peak_mib > 24 and memory.resident_mib > 0
 
 
 def test_same_weights_for_both_attention_implementations(benchmarks):

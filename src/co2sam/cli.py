@@ -50,3 +50,6 @@ app.command("check-data")(check_data.check_data)
 from co2sam.commands import train  # noqa: E402
 
 app.command("train")(train.train)
+from co2sam.commands import demo  # noqa: E402
+
+app.command("demo")(demo.demo)

@@ -105,7 +105,7 @@ def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
     conversions: list[tuple[str, str]] = []
     mode = image.mode
     rgb = _to_rgb(image, conversions)
-    array = np.asarray(rgb, dtype=np.uint8)
+    array = np.array(rgb, dtype=np.uint8)  # writable: torch wraps it
     return array, ImageReport(mode=mode, size=array.shape[:2], conversions=conversions)
 
 
@@ -123,7 +123,7 @@ def read_label_png(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DatasetError(f"cannot read mask {path}: {error} (re-create the file)") from error
     if image.mode in ("P", "L"):
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image)
         if values.max(initial=0) > 255:

@@ -161,7 +161,9 @@ def pretrain(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        history.append((float(focal), float(dice), float(iou), float(true_iou.mean())))
+        history.append(
+            (focal.item(), dice.item(), iou.item(), float(true_iou.mean()))
+        )
         if log is not None and (step + 1) % 50 == 0:
             recent = np.mean(history[-50:], axis=0)
             log(

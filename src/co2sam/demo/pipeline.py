@@ -1,0 +1,262 @@
+"""``co2sam demo``: the whole method on generated data, on a CPU, in minutes.
+
+1. generate a *target* domain (image-level labels; masks only to score) and a small
+   *source* validation split (:mod:`co2sam.demo.data`);
+2. load the demo SAM, pretrained with box -> mask supervision on the source domain
+   (shipped weights, :mod:`co2sam.demo.model`);
+3. box prompts from a simulated detector (:mod:`co2sam.demo.detector`);
+4. Co2SAM training on the target training split with the real :func:`co2sam.train.fit`;
+5. evaluate before (plain SAM) and after, label-guided and open
+   (:func:`co2sam.evaluate.evaluate_model`), optionally with ablations, and write the
+   report (:mod:`co2sam.demo.report`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from co2sam.config import Co2SamConfig, load_config
+from co2sam.demo.data import make_domain, source_spec, target_spec
+from co2sam.demo.detector import BoxTable, DetectorSettings, simulated_boxes
+from co2sam.demo.model import demo_sam_path, load_demo_sam
+
+ABLATIONS: dict[str, list[str]] = {
+    "without template loss": ["loss.template_weight=0"],
+    "without contrastive loss": ["loss.contrastive_weight=0"],
+    "without strong view": ["loss.strong_view=false"],
+}
+"""Ablation name -> config overrides (what each ingredient adds, ``--ablation``)."""
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and seeds of a demo run (the training itself is described by the config)."""
+
+    quick: bool = False
+    seed: int = 0
+    """Seed of the generated scenes and of the simulated detector."""
+    target_train: int = 160
+    target_val: int = 64
+    source_val: int = 48
+    epochs: int = 3
+    ablation: bool = False
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    overlays: int = 4
+    """Target validation images drawn in the overlays and the before/after figure."""
+
+
+def demo_settings(*, quick: bool = False, seed: int = 0, ablation: bool = False) -> DemoSettings:
+    """Full demo (about 2-4 minutes on 2 CPU cores) or ``quick`` (under a minute)."""
+    if quick:
+        return DemoSettings(
+            quick=True,
+            seed=seed,
+            target_train=64,
+            target_val=32,
+            source_val=16,
+            epochs=2,
+            ablation=ablation,
+            detector=DetectorSettings(seed=seed),
+        )
+    return DemoSettings(seed=seed, ablation=ablation, detector=DetectorSettings(seed=seed))
+
+
+def demo_config(
+    settings: DemoSettings, out_dir: str | Path, overrides: list[str] | None = None
+) -> Co2SamConfig:
+    """The ``demo`` preset with this run's folders, epochs and the shipped SAM resolved."""
+    out_dir = Path(out_dir)
+    base = [
+        f"data.root={out_dir / 'data' / 'target'}",
+        f"train.out_dir={out_dir / 'train'}",
+        f"train.epochs={settings.epochs}",
+    ]
+    config = load_config("demo", base + list(overrides or []))
+    if config.model.sam == "demo":
+        config.model.sam = str(demo_sam_path())
+    return config
+
+
+@dataclass
+class DemoData:
+    """The datasets of a demo run and their simulated-detector boxes."""
+
+    source_val: Any
+    target_train: Any
+    target_val: Any
+    source_val_boxes: BoxTable
+    target_train_boxes: BoxTable
+    target_val_boxes: BoxTable
+
+
+def prepare_data(out_dir: str | Path, settings: DemoSettings) -> DemoData:
+    """Generate the source validation split and the target domain, and their boxes."""
+    from co2sam.data.voc import VocDataset
+
+    data_dir = Path(out_dir) / "data"
+    source_root = make_domain(
+        data_dir / "source",
+        source_spec(num_train=0, num_val=settings.source_val, seed=1000 + settings.seed),
+    )
+    target_root = make_domain(
+        data_dir / "target",
+        target_spec(
+            num_train=settings.target_train, num_val=settings.target_val, seed=settings.seed
+        ),
+    )
+    source_val = VocDataset(source_root, "val")
+    target_train = VocDataset(target_root, "train")
+    target_val = VocDataset(target_root, "val")
+    detector = settings.detector
+    return DemoData(
+        source_val=source_val,
+        target_train=target_train,
+        target_val=target_val,
+        source_val_boxes=simulated_boxes(source_val, detector, all_classes=True),
+        target_train_boxes=simulated_boxes(target_train, detector, all_classes=False),
+        target_val_boxes=simulated_boxes(target_val, detector, all_classes=True),
+    )
+
+
+def evaluate_both(
+    segmenter: Any, data: DemoData, config: Co2SamConfig, *, keep: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Scores on the target and source validation splits, both modes.
+
+    Returns ``({"target": {mode: metrics}, "source": {mode: metrics}}, predictions)``
+    where predictions maps ``(image_id, mode)`` to the label maps of the first ``keep``
+    target images (for the figures).
+    """
+    from co2sam.evaluate import evaluate_model
+
+    predictions: dict[tuple[str, str], Any] = {}
+    wanted = set(data.target_val.ids[:keep])
+
+    def remember(prediction: Any) -> None:
+        if prediction.sample.id in wanted:
+            key = (prediction.sample.id, prediction.mode)
+            predictions[key] = (prediction.label_map.cpu().numpy(), prediction.boxes)
+
+    common = {"batch_size": config.eval.batch_size, "device": "cpu", "progress": False}
+    target = evaluate_model(
+        segmenter, data.target_val, data.target_val_boxes, on_prediction=remember, **common
+    )
+    source = evaluate_model(segmenter, data.source_val, data.source_val_boxes, **common)
+    return {"target": target, "source": source}, predictions
+
+
+def adapt(
+    config: Co2SamConfig, data: DemoData, *, sam_path: str | Path | None = None, progress: bool
+) -> Any:
+    """Co2SAM training (the real ``fit``) on the target training split; returns FitResult."""
+    from co2sam.sam import Segmenter, attach_lora
+    from co2sam.train.loop import fit
+
+    model = attach_lora(
+        load_demo_sam(sam_path), rank=config.model.lora_rank, alpha=config.model.lora_alpha
+    )
+    return fit(
+        config,
+        segmenter=Segmenter(model),
+        train_dataset=data.target_train,
+        boxes_fn=data.target_train_boxes,
+        progress=progress,
+    )
+
+
+def run_demo(
+    out_dir: str | Path = "co2sam-demo",
+    *,
+    quick: bool = False,
+    ablation: bool = False,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    sam_path: str | Path | None = None,
+    console: Any = None,
+    progress: bool = True,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` and return the report (also written as report.json).
+
+    overrides: ``section.field=value`` config overrides (as ``--set``).
+    sam_path: demo SAM folder (default: the shipped ``co2sam/assets/demo_sam``).
+    """
+    from rich.console import Console
+
+    from co2sam.demo import report as reporting
+    from co2sam.sam import Segmenter
+
+    console = console or Console(stderr=True)
+    out_dir = Path(out_dir)
+    if (out_dir / "train").exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a demo run; remove it or pass another --out folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    settings = demo_settings(quick=quick, seed=seed, ablation=ablation)
+    config = demo_config(settings, out_dir, overrides)
+    config.save(out_dir / "config.yaml")
+
+    def step(message: str) -> None:
+        console.print(f"[bold cyan]demo[/] [{time.perf_counter() - started:5.1f} s] {message}")
+
+    step("generating the source and target domains (shapes with co-occurring classes)")
+    data = prepare_data(out_dir, settings)
+    timings["data"] = time.perf_counter() - started
+    step(
+        f"target: {len(data.target_train)} training images (image-level labels only), "
+        f"{len(data.target_val)} validation images; simulated detector: "
+        f"{data.target_train_boxes.count()} training boxes"
+    )
+
+    step(f"evaluating the pretrained demo SAM ({sam_path or demo_sam_path()}) before adaptation")
+    plain = Segmenter(load_demo_sam(sam_path))
+    before, before_maps = evaluate_both(plain, data, config, keep=settings.overlays)
+    step(reporting.one_line("before", before))
+
+    step(f"Co2SAM training on the target domain ({config.train.epochs} epochs, LoRA only)")
+    tick = time.perf_counter()
+    result = adapt(config, data, sam_path=sam_path, progress=progress)
+    timings["train"] = time.perf_counter() - tick
+    after, after_maps = evaluate_both(result.segmenter, data, config, keep=settings.overlays)
+    step(reporting.one_line("after", after))
+
+    ablations: dict[str, Any] = {}
+    if ablation:
+        for name, extra in ABLATIONS.items():
+            step(f"ablation: {name}")
+            variant_dir = out_dir / "ablations" / name.replace(" ", "-")
+            variant = demo_config(
+                settings, out_dir, list(overrides or []) + extra + [f"train.out_dir={variant_dir}"]
+            )
+            fitted = adapt(variant, data, sam_path=sam_path, progress=progress)
+            ablations[name] = evaluate_both(fitted.segmenter, data, variant)[0]
+            step(reporting.one_line(name, ablations[name]))
+
+    timings["total"] = time.perf_counter() - started
+    report = reporting.build_report(
+        settings=asdict(settings),
+        config=config.to_dict(),
+        class_names=list(data.target_val.class_names),
+        before=before,
+        after=after,
+        ablations=ablations,
+        adapter=str(result.last_adapter),
+        timings={key: round(value, 1) for key, value in timings.items()},
+    )
+    if figures:
+        report["files"] = reporting.write_figures(
+            out_dir, data, before_maps, after_maps, list(data.target_val.class_names)
+        )
+    reporting.write_report(out_dir / "report.json", report)
+    console.print(reporting.results_table(report))
+    step(f"done in {timings['total']:.0f} s; report: {out_dir / 'report.json'}")
+    return report
