@@ -56,6 +56,7 @@ def test_commands_chain_on_generated_data(tmp_path):
     invoke("predict", str(data / "VOC2012" / "JPEGImages" / f"{ids[0]}.jpg"),
            "--classes", "red ellipse,green rectangle,blue triangle",
            "--adapter", str(run / "last"),
-           "--boxes", str(data / "co2sam_boxes" / "train.jsonl"), "--out", str(predictions))  # fmt: skip
+           "--boxes", str(data / "co2sam_boxes" / "train.jsonl"),
+           "--out", str(predictions))  # fmt: skip
     assert (predictions / "labels" / f"{ids[0]}.png").is_file()
     assert (predictions / "overlays" / f"{ids[0]}.png").is_file()
