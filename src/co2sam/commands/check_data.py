@@ -27,11 +27,11 @@ def check_data(
     RGBA, CMYK, 16-bit images and EXIF rotation, which the loaders convert to RGB.
     """
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
     from co2sam.data.check import Problem, available_splits, open_for_check, scan_dataset
     from co2sam.data.image_io import DatasetError
+    from co2sam.progress import progress_bar
 
     out = Console(width=None if Console().is_terminal else 200)
     problems: list[Problem] = []
@@ -43,7 +43,7 @@ def check_data(
         for name in splits:
             loaded = open_for_check(dataset, data_root, name)
             counts[name] = len(loaded) if limit is None else min(limit, len(loaded))
-            with Progress(console=out, transient=True) as bar:
+            with progress_bar(console=out, transient=True) as bar:
                 job = bar.add_task(f"checking {name}", total=counts[name])
                 advance = partial(bar.advance, job)
                 problems += scan_dataset(loaded, limit=limit, on_item=advance)

@@ -212,10 +212,10 @@ def prepare_coco(
 
 
 def _run_tasks(tasks: list[tuple], workers: int | None, progress: bool, split: str) -> int:
-    from rich.progress import Progress
+    from co2sam.progress import progress_bar
 
     workers = max(1, workers or os.cpu_count() or 1)
-    with Progress(disable=not progress, transient=False) as bar:
+    with progress_bar(enabled=progress) as bar:
         job = bar.add_task(f"rendering {split} masks", total=len(tasks))
         if workers == 1 or len(tasks) < 2:
             for task in tasks:

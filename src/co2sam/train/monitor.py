@@ -12,15 +12,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TextColumn
+
+from co2sam.progress import progress_bar
 
 
 def make_loggers(run_dir: Path, start_step: int) -> list:
@@ -68,16 +62,8 @@ class TrainProgress:
         self._progress: Progress | None = None
         if not enabled:
             return
-        self._progress = Progress(
-            BarColumn(bar_width=20),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("{task.fields[losses]}"),
-            console=Console(stderr=True),
-            transient=False,
+        self._progress = progress_bar(
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[losses]}")
         )
         self._task = self._progress.add_task(
             "train", total=total_steps, completed=start_step, rate="", losses=""
