@@ -10,7 +10,9 @@ from co2sam.commands.common import SetOption, console, fail
 
 
 def demo(
-    out: Path = typer.Option(Path("co2sam-demo"), help="Run folder (created; must not hold a run)."),
+    out: Path = typer.Option(
+        Path("co2sam-demo"), help="Run folder (created; must not hold a run)."
+    ),
     quick: bool = typer.Option(False, help="Smaller data and fewer epochs: under a minute."),
     ablation: bool = typer.Option(
         False, help="Also train without the template loss, the contrastive loss, the strong view."

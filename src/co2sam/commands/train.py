@@ -42,13 +42,14 @@ def train(
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train LoRA adapters on SAM with dual teachers and one student (SPEC.md).
+    """Train LoRA adapters on SAM with dual teachers (frozen SAM, weak view) and one student.
 
     Writes RUN_DIR/config.yaml, checkpoints/last.pt (resumable), best/ and last/ adapter
-    folders, tensorboard/ and csv/ logs. With --devices N > 1 on one machine Fabric starts
-    N processes (DDP). On several machines, run the same command on every node with
-    --num-nodes and the usual variables (MASTER_ADDR, MASTER_PORT, NODE_RANK), or under
-    SLURM / torchrun, which Fabric detects.
+    folders, tensorboard/ and csv/ logs.
+
+    With --devices N > 1 on one machine Fabric starts N processes (DDP). On several
+    machines, run the same command on every node with --num-nodes and the usual
+    variables (MASTER_ADDR, MASTER_PORT, NODE_RANK), or under SLURM / torchrun.
     """
     if resume is not None:
         saved = resume / "config.yaml"

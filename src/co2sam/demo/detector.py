@@ -56,9 +56,7 @@ class BoxTable:
         return sum(len(boxes) for boxes in self.boxes.values())
 
 
-def simulated_boxes(
-    dataset: Any, settings: DetectorSettings, *, all_classes: bool
-) -> BoxTable:
+def simulated_boxes(dataset: Any, settings: DetectorSettings, *, all_classes: bool) -> BoxTable:
     """Boxes for every image of ``dataset`` (VOC layout with instance masks).
 
     all_classes: False for training (false boxes take the image's labels), True for

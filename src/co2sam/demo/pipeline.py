@@ -189,6 +189,7 @@ def run_demo(
     from rich.console import Console
 
     from co2sam.demo import report as reporting
+    from co2sam.metrics import write_report
     from co2sam.sam import Segmenter
 
     console = console or Console(stderr=True)
@@ -256,7 +257,7 @@ def run_demo(
         report["files"] = reporting.write_figures(
             out_dir, data, before_maps, after_maps, list(data.target_val.class_names)
         )
-    reporting.write_report(out_dir / "report.json", report)
+    write_report(out_dir / "report.json", report)
     console.print(reporting.results_table(report))
     step(f"done in {timings['total']:.0f} s; report: {out_dir / 'report.json'}")
     return report

@@ -149,7 +149,9 @@ def pretrain(
         logits = torch.cat([segmenter.upscale(o.low_res_logits) for o in outputs])
         predicted_iou = torch.cat([o.iou_scores for o in outputs])
         target = torch.cat(targets)
-        weight = torch.cat([v[None].expand(len(t), -1, -1) for v, t in zip(valid, targets)])
+        weight = torch.cat(
+            [v[None].expand(len(t), -1, -1) for v, t in zip(valid, targets, strict=True)]
+        )
         # Ignore borders: give the logits there the target's own sign so they cost ~nothing.
         logits_for_loss = torch.where(weight > 0, logits, (2 * target - 1) * 20.0)
         focal = sigmoid_focal_loss(logits_for_loss, target).mean()
@@ -161,9 +163,7 @@ def pretrain(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        history.append(
-            (focal.item(), dice.item(), iou.item(), float(true_iou.mean()))
-        )
+        history.append((focal.item(), dice.item(), iou.item(), float(true_iou.mean())))
         if log is not None and (step + 1) % 50 == 0:
             recent = np.mean(history[-50:], axis=0)
             log(

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from co2sam.metrics import write_report
-
 MODES = ("label-guided", "open")
 
 
@@ -42,7 +40,9 @@ def build_report(
     before_summary = summarize(before, class_names)
     after_summary = summarize(after, class_names)
     gain = {
-        mode: _difference(after_summary["target"][mode]["miou"], before_summary["target"][mode]["miou"])
+        mode: _difference(
+            after_summary["target"][mode]["miou"], before_summary["target"][mode]["miou"]
+        )
         for mode in MODES
     }
     return {
