@@ -133,3 +133,9 @@ def test_build_sam_seed_changes_weights() -> None:
         build_sam("tiny", seed=0).vision_encoder.pos_embed,
         build_sam("tiny", seed=1).vision_encoder.pos_embed,
     )
+
+
+def test_loading_onto_another_base_of_the_same_architecture_warns(tmp_path: Path) -> None:
+    folder = save_adapter(_trained_tiny(), tmp_path / "adapter", base="tiny")
+    with pytest.warns(UserWarning, match="trained on SAM 'tiny'.*'tiny:1'"):
+        load_adapter("tiny:1", folder)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,15 @@ def load_adapter(
             f"Adapter {folder} was trained on SAM {metadata['base']!r} "
             f"{metadata['fingerprint']}, but the base model given is {found}. "
             "Load it onto the same SAM variant."
+        )
+    if isinstance(model_or_source, str) and model_or_source != metadata["base"]:
+        # Same architecture, another name: fine for the same weights under another path
+        # (hub id vs Meta .pth), wrong for other weights; say so rather than guess.
+        warnings.warn(
+            f"adapter {folder} was trained on SAM {metadata['base']!r}; loading it onto "
+            f"{model_or_source!r} (same architecture). Results are only meaningful if "
+            "these are the same weights.",
+            stacklevel=2,
         )
     lora = metadata["lora"]
     if isinstance(model, PeftModel):
