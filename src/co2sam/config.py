@@ -41,7 +41,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute encoder activations in the backward pass (saves memory, ViT-H)."""
     compile: bool = False
-    """``torch.compile`` the image encoder."""
+    """``torch.compile`` the image encoder for training (off: it did not win on CPU)."""
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:

@@ -259,5 +259,6 @@ def run_demo(
         )
     write_report(out_dir / "report.json", report)
     console.print(reporting.results_table(report))
+    console.print(reporting.class_table(report))
     step(f"done in {timings['total']:.0f} s; report: {out_dir / 'report.json'}")
     return report
