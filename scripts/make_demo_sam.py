@@ -53,8 +53,9 @@ def main() -> None:
         summary = pretrain(segmenter, collect_objects(train), settings, log=print)
 
         provenance = {
-            "command": "python scripts/make_demo_sam.py "
-            + " ".join(a for a in sys.argv[1:] if not a.startswith("--out")),
+            "command": " ".join(
+                ["python scripts/make_demo_sam.py", *(a for a in sys.argv[1:] if a != "--out")]
+            ),
             "seed": args.seed,
             "threads": args.threads,
             "torch": torch.__version__,

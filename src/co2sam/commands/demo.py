@@ -32,10 +32,12 @@ def demo(
     adapter). No network, no GPU needed.
     """
     import torch
+    from transformers.utils import logging as transformers_logging
 
     from co2sam.config import ConfigError
     from co2sam.demo.pipeline import run_demo
 
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars for a 0.7 MB file
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)  # the tiny model gains nothing from more threads
     try:

@@ -117,4 +117,6 @@ def save_demo_sam(model: SamModel, folder: str | Path, provenance: dict) -> Path
     config["dtype"] = "float32"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    for path in folder.iterdir():
+        path.chmod(0o644)  # save_pretrained writes through a private temporary file
     return folder

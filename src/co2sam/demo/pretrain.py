@@ -31,7 +31,7 @@ from co2sam.prompts.simulate import perturb_boxes
 class PretrainConfig:
     """Settings of the box -> mask pretraining."""
 
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
