@@ -74,3 +74,15 @@ def test_tiny_forward_is_fast_and_has_sam_layout() -> None:
 def test_unknown_variant_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="tiny"):
         sam_config("vit_x")
+
+
+def test_demo_name_loads_the_shipped_demo_sam():
+    from co2sam.demo.model import load_demo_sam
+
+    model = sam.load_sam("demo")
+    shipped = load_demo_sam()
+    assert model.config.vision_config.image_size == shipped.config.vision_config.image_size
+    for (name, value), (_, expected) in zip(
+        model.state_dict().items(), shipped.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, expected), name

@@ -18,6 +18,7 @@ _CHECKPOINT_SUFFIXES = (".pth", ".pt")
 def load_sam(source: str) -> SamModel:
     """A frozen ``SamModel`` in eval mode from ``source``, which is one of:
 
+    - ``demo``: the small SAM shipped with the package for ``co2sam demo``;
     - a registered variant (``tiny``, ``vit_b``, ...; random weights, seed 0) or
       ``<variant>:<seed>`` for other random weights;
     - an official Meta checkpoint file (``sam_vit_b_01ec64.pth``, ...), variant
@@ -26,6 +27,8 @@ def load_sam(source: str) -> SamModel:
     - a Hugging Face hub id (``facebook/sam-vit-base``), resolved only here.
     """
     source = str(source)
+    if source == "demo":
+        source = str(_demo_sam_folder())
     name, _, seed = source.partition(":")
     if name in SAM_VARIANTS and (not seed or seed.isdigit()):
         return freeze(build_sam(name, seed=int(seed or 0)))
@@ -53,3 +56,10 @@ def load_sam(source: str) -> SamModel:
         f"SAM weights not found: {source!r} is not a file, a folder, a hub id "
         f"(owner/name) or a registered variant ({', '.join(SAM_VARIANTS)})."
     )
+
+
+def _demo_sam_folder() -> Path:
+    """The shipped demo SAM (transformers folder inside the package)."""
+    from co2sam.demo.model import demo_sam_path
+
+    return demo_sam_path()
