@@ -9,6 +9,16 @@ from __future__ import annotations
 import typer
 
 from co2sam import __version__
+from co2sam.commands import (
+    boxes,
+    check_data,
+    demo,
+    evaluate,
+    predict,
+    prepare,
+    pseudo_labels,
+    train,
+)
 
 app = typer.Typer(
     name="co2sam",
@@ -35,21 +45,14 @@ def main(
     """Co2SAM command line."""
 
 
-# Command registrations (one line each; the functions live in co2sam.commands.*).
-from co2sam.commands import boxes, evaluate, predict, pseudo_labels  # noqa: E402
-
+# Command registrations, in the order a user meets them; the functions live in
+# co2sam.commands.* and import torch and friends only when they run.
+app.command("demo")(demo.demo)
+app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
-app.command("predict")(predict.predict)
 app.command("pseudo-labels")(pseudo_labels.pseudo_labels)
+app.command("predict")(predict.predict)
 app.command("boxes")(boxes.boxes)
 app.command("import-boxes")(boxes.import_boxes)
-from co2sam.commands import check_data, prepare  # noqa: E402
-
 app.add_typer(prepare.prepare_app, name="prepare")
 app.command("check-data")(check_data.check_data)
-from co2sam.commands import train  # noqa: E402
-
-app.command("train")(train.train)
-from co2sam.commands import demo  # noqa: E402
-
-app.command("demo")(demo.demo)
