@@ -116,8 +116,8 @@ class LossConfig:
     """Loss weights and the reference-compatibility switch (SPEC.md, training step)."""
 
     compat: Literal["paper", "reference"] = "paper"
-    """``paper``: the losses as described; ``reference``: reproduce the quirks of
-    the published code (SPEC.md, Reference quirks)."""
+    """``paper``: the method as described; ``reference``: reproduce the quirks of the
+    published code (loss forms, and boxes left unflipped on the flipped weak view)."""
     focal_weight: float = 30.0
     """beta: 30 for VOC, 20 for COCO."""
     focal_alpha: float = 0.8

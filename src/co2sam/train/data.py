@@ -76,15 +76,24 @@ class TrainingSet(Dataset):
         a simulated detector; a live detector should run with ``num_workers = 0``).
     views: e.g. ``co2sam.data.views.TrainViews``; flips the boxes with the weak view.
     seed: with the epoch and the sample index, fixes each sample's augmentation.
+    flip_boxes: False reproduces the published code, which predicts boxes on the
+        un-augmented image and uses them unchanged on the flipped weak view.
     """
 
     def __init__(
-        self, dataset: Dataset, boxes_fn: Callable[[Sample], Boxes], views: ViewsFn, *, seed: int
+        self,
+        dataset: Dataset,
+        boxes_fn: Callable[[Sample], Boxes],
+        views: ViewsFn,
+        *,
+        seed: int,
+        flip_boxes: bool = True,
     ) -> None:
         self.dataset = dataset
         self.boxes_fn = boxes_fn
         self.views = views
         self.seed = int(seed)
+        self.flip_boxes = flip_boxes
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -102,11 +111,12 @@ class TrainingSet(Dataset):
         sample: Sample = self.dataset[index]
         boxes = self.boxes_fn(sample)
         pair = self.views(sample.image, boxes.xyxy, self.sample_rng(index))
+        view_boxes = pair.boxes if self.flip_boxes else boxes.xyxy
         return TrainItem(
             image_id=sample.id,
             weak=np.require(pair.weak, np.uint8, ["C", "W"]),  # torch wants writable arrays
             strong=np.require(pair.strong, np.uint8, ["C", "W"]),
-            boxes=np.asarray(pair.boxes, dtype=np.float32).reshape(-1, 4),
+            boxes=np.asarray(view_boxes, dtype=np.float32).reshape(-1, 4),
             box_classes=np.asarray(boxes.classes, dtype=np.int64).reshape(-1),
         )
 

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from co2sam.data.views import TrainViews, flip_boxes
+from co2sam.records import Boxes, Sample
+from co2sam.train.data import EpochSampler, TrainingSet, collate_train_items
+
+BOXES = Boxes(
+    np.array([[2, 3, 20, 15], [10, 1, 30, 9]], np.float32), np.array([1, 2]), np.array([0.9, 0.4])
+)
+
+
+def _dataset(count: int = 6) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    return [
+        Sample(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), None, [1, 2], f"im{i}")
+        for i in range(count)
+    ]
+
+
+def _training_set(**kwargs) -> TrainingSet:
+    return TrainingSet(_dataset(), lambda sample: BOXES, TrainViews(0), seed=7, **kwargs)
+
+
+def test_boxes_follow_the_weak_view_flip():
+    flips = set()
+    training_set = _training_set()
+    for epoch in range(4):
+        training_set.set_epoch(epoch)
+        for index in range(len(training_set)):
+            item = training_set[index]
+            image = training_set.dataset[index].image
+            pair = training_set.views(image, BOXES.xyxy, training_set.sample_rng(index))
+            flips.add((pair.hflip, pair.vflip))
+            expected = flip_boxes(BOXES.xyxy, (24, 32), hflip=pair.hflip, vflip=pair.vflip)
+            np.testing.assert_allclose(item.boxes, expected)
+            np.testing.assert_array_equal(item.weak, pair.weak)
+            np.testing.assert_array_equal(item.box_classes, BOXES.classes)
+    assert len(flips) > 1, "no flip happened in 24 samples"
+
+
+def test_reference_mode_keeps_the_unflipped_boxes():
+    training_set = _training_set(flip_boxes=False)
+    for index in range(len(training_set)):
+        np.testing.assert_array_equal(training_set[index].boxes, BOXES.xyxy)
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index():
+    first, second = _training_set(), _training_set()
+    first.set_epoch(3)
+    second.set_epoch(3)
+    np.testing.assert_array_equal(first[4].strong, second[4].strong)
+    second.set_epoch(4)
+    assert not all(np.array_equal(first[i].strong, second[i].strong) for i in range(len(first)))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_sampler_resumes_mid_epoch_with_the_same_order(replicas):
+    dataset = list(range(10))
+    for rank in range(replicas):
+        sampler = EpochSampler(dataset, num_replicas=replicas, rank=rank, seed=1)
+        sampler.set_position(2)
+        full = list(sampler)
+        sampler.set_position(2, start=3)
+        assert list(sampler) == full[3:]
+        assert len(sampler) == len(full) - 3
+        assert sampler.batches_per_epoch(2) == -(-len(full) // 2)
+
+
+def test_collate_keeps_ragged_boxes_per_image():
+    items = [_training_set()[0], _training_set()[1]]
+    batch = collate_train_items(items)
+    assert len(batch) == 2 and batch.image_ids == ["im0", "im1"]
+    assert [b.shape for b in batch.boxes] == [(2, 4), (2, 4)]
