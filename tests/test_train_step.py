@@ -42,12 +42,12 @@ def segmenter():
 
 
 def _sharpened_tiny_sam():
-    """Tiny random SAM with mask logits of order 1 (its raw ones are ~0.005, too flat)."""
+    """Tiny random SAM with mask logits of order 1 (its raw ones are ~0.06, too flat)."""
     sam = load_sam("tiny")
     with torch.no_grad():
         for mlp in sam.mask_decoder.output_hypernetworks_mlps:
-            mlp.proj_out.weight.mul_(300.0)
-            mlp.proj_out.bias.mul_(300.0)
+            mlp.proj_out.weight.mul_(10.0)
+            mlp.proj_out.bias.mul_(10.0)
     return sam
 
 

@@ -21,10 +21,9 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from torch import nn
 from transformers import SamConfig, SamModel
 
-from co2sam.models.variants import _sam_config
+from co2sam.models.variants import _sam_config, meta_style_init
 
 PATCH_SIZE = 8
 """Finer than SAM's 16: 16x16 embeddings and 64x64 low-res masks for 128x128 inputs."""
@@ -61,25 +60,11 @@ def demo_sam_config() -> SamConfig:
 def build_demo_sam(seed: int = 0) -> SamModel:
     """A randomly initialised demo SAM, deterministic in ``seed`` (global RNG untouched).
 
-    Initialised as Meta's SAM is (PyTorch's default init of every Linear, Conv and
-    Embedding; random Fourier position features with std 1). transformers' own init
-    (std 0.02 everywhere, Fourier features with std ``hidden_size / 2``) is meant to be
-    overwritten by a checkpoint: from it, a model barely learns to localise its box
-    prompts (mask logits start around 1e-4 and position features are high-frequency noise).
+    Initialised as Meta's SAM is (:func:`co2sam.models.variants.meta_style_init`).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SamModel(demo_sam_config())
-        resettable = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
-        for module in model.modules():
-            if isinstance(module, resettable):
-                module.reset_parameters()
-        with torch.no_grad():
-            model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
-            model.prompt_encoder.shared_embedding.positional_embedding.copy_(
-                model.shared_image_embedding.positional_embedding
-            )
-    return model
+        return meta_style_init(SamModel(demo_sam_config()))
 
 
 def demo_sam_path() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from transformers import SamConfig, SamModel
 
 PATCH_SIZE = 16
@@ -127,18 +128,40 @@ def sam_config(variant: str) -> SamConfig:
     return SAM_VARIANTS[variant]()
 
 
+def meta_style_init(model: SamModel) -> SamModel:
+    """Re-initialise ``model`` in place as Meta's SAM is, and return it.
+
+    PyTorch's default init of every Linear, Conv and Embedding, and random Fourier
+    position features with std 1 (shared by the prompt encoder). transformers' own init
+    (std 0.02 everywhere, Fourier features with std ``hidden_size / 2``) is meant to be
+    overwritten by a checkpoint: from it, mask logits start around 1e-4 and a model
+    barely learns to localise its box prompts.
+    """
+    resettable = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)
+    for module in model.modules():
+        if isinstance(module, resettable):
+            module.reset_parameters()
+    with torch.no_grad():
+        model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)
+        model.prompt_encoder.shared_embedding.positional_embedding.copy_(
+            model.shared_image_embedding.positional_embedding
+        )
+    return model
+
+
 def build_sam(variant: str, *, seed: int = 0) -> SamModel:
     """A ``SamModel`` of a registered variant with random weights, deterministic in ``seed``.
 
     The same (variant, seed) gives the same weights in every process, so an adapter
-    trained on ``tiny`` loads back onto ``load_sam("tiny")``. The zero-initialised
-    position tensors (``pos_embed``, ``rel_pos_*``) are drawn at random too, so that
-    tests can tell them apart. The global RNG state is left untouched.
+    trained on ``tiny`` loads back onto ``load_sam("tiny")``. Initialised as Meta's SAM
+    (:func:`meta_style_init`), so random models give mask logits of a useful scale; the
+    zero-initialised position tensors (``pos_embed``, ``rel_pos_*``) are drawn at random
+    too, so that tests can tell them apart. The global RNG state is left untouched.
     """
     config = sam_config(variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SamModel(config)
+        model = meta_style_init(SamModel(config))
         with torch.no_grad():
             for name, param in model.vision_encoder.named_parameters():
                 if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
