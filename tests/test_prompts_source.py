@@ -13,6 +13,7 @@ from co2sam.prompts import (
     oracle_boxes,
     write_box_cache,
 )
+from co2sam.prompts.source import cache_source
 from co2sam.records import Boxes, Sample
 
 CLASSES = ("background", "cat", "diningtable")
@@ -67,6 +68,23 @@ def test_cache_source_checks_settings_and_completeness(tmp_path):
         box_source(config, "val", TinyDataset(5))
     with pytest.raises(FileNotFoundError):
         box_source(config, "train_aug", dataset)
+
+
+def test_a_named_cache_file_keeps_its_own_settings(tmp_path):
+    config = _config(tmp_path, "prompts.box_threshold=0.5")
+    dataset = TinyDataset()
+    path = tmp_path / "elsewhere.jsonl"
+    many = Boxes([[0, 0, 5, 5]], [1], [0.9])
+    written = detector_settings(_config(tmp_path), "train", CLASSES)  # other split, threshold
+    write_box_cache(path, written, {image_id: many for image_id in dataset.ids})
+    source = cache_source(config, "val", dataset, path)
+    assert source.settings["box_threshold"] == 0.30 and str(path) in source.description
+    with pytest.raises(BoxCacheError, match="lacks 2 image"):
+        cache_source(config, "val", TinyDataset(5), path)
+    written["class_names"] = ["background", "dog", "cat"]
+    write_box_cache(path, written, {image_id: many for image_id in dataset.ids})
+    with pytest.raises(BoxCacheError, match="class_names"):
+        cache_source(config, "val", dataset, path)
 
 
 def test_imported_or_oracle_caches_skip_detector_checks(tmp_path):

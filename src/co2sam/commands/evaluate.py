@@ -67,27 +67,15 @@ def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> A
     boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
     or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
     """
-    from co2sam.prompts import BoxCacheError, BoxSource, box_source, load_box_cache
+    from co2sam.prompts import BoxCacheError, box_source
+    from co2sam.prompts.source import cache_source
 
     try:
         if boxes is None or boxes in BOX_SOURCES:
             if boxes is not None:
                 config.prompts.source = boxes
             return box_source(config, split, dataset)
-        cache = load_box_cache(boxes, {"class_names": list(dataset.class_names)})
-        missing = cache.missing(dataset.ids)
-        if missing:
-            fail(
-                f"box cache {boxes} lacks {len(missing)} image(s) of split {split!r} "
-                f"(e.g. {missing[0]!r}); make it with `co2sam boxes --split {split}`"
-            )
-        return BoxSource(
-            lambda sample: cache[sample.id],
-            origin=cache.origin,
-            description=f"{cache.origin} boxes from {boxes}",
-            max_boxes=config.prompts.max_boxes,
-            settings=cache.settings,
-        )
+        return cache_source(config, split, dataset, boxes)
     except (OSError, BoxCacheError, ValueError) as error:
         fail(str(error))
         raise

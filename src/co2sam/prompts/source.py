@@ -128,15 +128,28 @@ def box_source(config: Co2SamConfig, split: str, dataset: Any) -> BoxSource:
         )
     if prompts.source == "detector":
         return _detector_source(config, split, class_names)
-    return _cache_source(config, split, dataset, class_names)
+    return cache_source(config, split, dataset)
 
 
-def _cache_source(
-    config: Co2SamConfig, split: str, dataset: Any, class_names: tuple[str, ...]
+def cache_source(
+    config: Co2SamConfig, split: str, dataset: Any, path: str | Path | None = None
 ) -> BoxSource:
-    path = default_cache_path(config, split)
-    cache = load_box_cache(path, {"class_names": list(class_names), "split": split})
-    if cache.origin == DETECTOR_ORIGIN:  # imported / oracle caches have no detector settings
+    """Boxes read from a box cache, checked against the split before any is used.
+
+    path: None reads :func:`default_cache_path` and checks the class names, the split
+    and (for Grounding DINO caches) the detector settings against ``config``. A file the
+    user names is taken with the settings it records: only its class names are checked.
+    Both refuse a cache that lacks images of ``dataset``.
+    """
+    class_names = tuple(dataset.class_names)
+    explicit = path is not None
+    path = Path(path) if explicit else default_cache_path(config, split)
+    expected: dict[str, Any] = {"class_names": list(class_names)}
+    if not explicit:
+        expected["split"] = split
+    cache = load_box_cache(path, expected)
+    if not explicit and cache.origin == DETECTOR_ORIGIN:
+        # imported / oracle caches have no detector settings
         expected = detector_settings(config, split, class_names)
         cache = load_box_cache(path, expected)
     missing = cache.missing(getattr(dataset, "ids", ()))
