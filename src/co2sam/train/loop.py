@@ -20,7 +20,6 @@ uninterrupted one (bit for bit on CPU).
 from __future__ import annotations
 
 import inspect
-import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,27 +34,22 @@ from co2sam.losses import LOSS_NAMES
 from co2sam.records import Boxes, Sample
 from co2sam.train.checkpoint import (
     CHECKPOINT_DIR,
-    find_last_checkpoint,
     last_checkpoint_path,
-    load_checkpoint,
     load_lora_state_dict,
-    lora_state_dict,
-    rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from co2sam.train.data import EpochSampler, TrainingSet, collate_train_items
 from co2sam.train.monitor import TrainProgress, make_loggers
+from co2sam.train.run_dir import RunDirError, open_run_dir, save_adapter_folder, save_state
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
+from co2sam.train.validation import val_metrics, validate
+
+__all__ = ["FitResult", "NonFiniteLossError", "RunDirError", "build_segmenter", "fit"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the run stops with the step, images and losses."""
-
-
-class RunDirError(RuntimeError):
-    """The run folder cannot be used (it already holds a run, or has nothing to resume)."""
 
 
 @dataclass
@@ -158,7 +152,7 @@ def fit(
     )
     fabric.launch()
     run_dir = Path(train.out_dir)
-    checkpoint_state = _open_run_dir(run_dir, resume)
+    checkpoint_state = open_run_dir(run_dir, resume)
     rank_zero = fabric.global_rank == 0
 
     # Same initial weights on every process (LoRA's A is random), then per-rank RNGs.
@@ -219,7 +213,7 @@ def fit(
                     metrics["train/images_per_s"] = bar.images_per_s
                     _log(loggers, metrics, state["step"])
                 if state["step"] % train.checkpoint_every == 0:
-                    _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+                    save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
                 if train.max_steps is not None and state["step"] >= train.max_steps:
                     stop = True
                     break
@@ -227,9 +221,9 @@ def fit(
                 state["epoch"] += 1
                 state["batch_in_epoch"] = 0
                 if train.val_every > 0 and state["epoch"] % train.val_every == 0:
-                    _validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
-                    _log(loggers, _val_metrics(state["history"][-1]), state["step"])
-                _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+                    validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
+                    _log(loggers, val_metrics(state["history"][-1]), state["step"])
+                save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
                 if rank_zero:
                     path = run_dir / CHECKPOINT_DIR / f"epoch-{state['epoch']:03d}.pt"
                     shutil.copyfile(last_checkpoint_path(run_dir), path)
@@ -238,10 +232,10 @@ def fit(
         for logger in loggers:
             logger.finalize("success")
 
-    _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+    save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
     last_adapter = run_dir / "last"
     if rank_zero:
-        _save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
+        save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
     fabric.barrier()
     best_adapter = run_dir / "best"
     return FitResult(
@@ -372,133 +366,6 @@ def _loader(config, dataset, boxes_fn, fabric):
     return training_set, sampler, loader
 
 
-# ----------------------------------------------------------------------------- run folder
-
-
-def _open_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (None for a fresh run); refuses to overwrite a run."""
-    if resume:
-        return load_checkpoint(find_last_checkpoint(run_dir))
-    if last_checkpoint_path(run_dir).exists():
-        raise RunDirError(
-            f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
-            "or choose another folder with --out"
-        )
-    return None
-
-
-def _save(fabric, run_dir, segmenter, optimizer, scheduler, config, state) -> None:
-    """Write checkpoints/last.pt (rank 0; the adapters are identical on every process)."""
-    if fabric.global_rank != 0:
-        return
-    save_checkpoint(
-        last_checkpoint_path(run_dir),
-        {
-            "lora": lora_state_dict(segmenter.model),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "config": config.to_dict(),
-            **state,
-        },
-    )
-
-
-def _save_adapter_folder(segmenter, folder: Path, config, state, best) -> None:
-    """Write an adapter folder next to the old one, then swap (never half-written)."""
-    from co2sam.sam import save_adapter
-
-    temp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    for path in (temp, old):
-        shutil.rmtree(path, ignore_errors=True)
-    extra = {
-        "step": state["step"],
-        "epoch": state["epoch"],
-        "best": best,
-        "config": config.to_dict(),
-    }
-    save_adapter(segmenter.model, temp, base=config.model.sam, extra=extra)
-    if folder.exists():
-        folder.rename(old)
-    temp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _log(loggers: list, metrics: dict[str, float], step: int) -> None:
     for logger in loggers:
         logger.log_metrics(metrics, step=step)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
-    """Evaluate on rank 0 (label-guided and open), record it, keep the best adapter."""
-    record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
-    if fabric.global_rank == 0:
-        try:
-            from co2sam.evaluate import evaluate_model
-        except ImportError:
-            bar.print("validation skipped: co2sam.evaluate is not available")
-            evaluate_model = None
-        if evaluate_model is not None:
-            with torch.no_grad():
-                record["metrics"] = evaluate_model(
-                    segmenter,
-                    dataset,
-                    boxes_fn,
-                    modes=("label-guided", "open"),
-                    batch_size=config.eval.batch_size,
-                    device=fabric.device,
-                    limit=config.train.limit_val,
-                    progress=False,
-                )
-            guided = record["metrics"].get("label-guided", {}).get("miou")
-            opened = record["metrics"].get("open", {}).get("miou")
-            bar.print(
-                f"epoch {state['epoch']} step {state['step']}: val mIoU "
-                f"label-guided {_pct(guided)}, open {_pct(opened)}"
-            )
-            best = state["best"]
-            if guided is not None and (best is None or guided > best["miou"]):
-                state["best"] = {
-                    "epoch": state["epoch"],
-                    "step": state["step"],
-                    "miou": float(guided),
-                    "open_miou": None if opened is None else float(opened),
-                }
-                _save_adapter_folder(
-                    segmenter, Path(config.train.out_dir) / "best", config, state, state["best"]
-                )
-    state["history"].append(_plain(record))
-    fabric.barrier()
-
-
-def _val_metrics(record: dict[str, Any]) -> dict[str, float]:
-    metrics = {}
-    for mode, values in record["metrics"].items():
-        for key in ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou"):
-            value = values.get(key)
-            if isinstance(value, int | float) and not math.isnan(value):
-                metrics[f"val/{mode}/{key}"] = float(value)
-    return metrics
-
-
-def _plain(value: Any) -> Any:
-    """Metrics as plain Python (dicts, lists, floats, str, None): weights-only loadable."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _plain(value.tolist())
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
