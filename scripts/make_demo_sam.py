@@ -1,7 +1,7 @@
 """Make the demo SAM's shipped weights: box -> mask pretraining on the demo's source domain.
 
     python scripts/make_demo_sam.py                 # writes src/co2sam/assets/demo_sam
-    python scripts/make_demo_sam.py --out /tmp/sam  # elsewhere
+    python scripts/make_demo_sam.py --out my_demo_sam  # elsewhere
 
 Deterministic for a given seed, torch version and thread count (the script uses 2
 threads): it generates the source domain (co2sam.demo.data.source_spec, seed 0),
