@@ -54,18 +54,10 @@ def class_scores(
     mask_logits, box_classes, box_scores = _filtered(
         mask_logits, box_classes, box_scores, num_classes, allowed_classes
     )
-    height, width = mask_logits.shape[-2:]
-    dtype = mask_logits.dtype if mask_logits.is_floating_point() else torch.float32
-    scores = torch.full(
-        (num_classes, height, width), float("-inf"), dtype=dtype, device=mask_logits.device
-    )
-    if len(box_classes):
-        weighted = mask_logits.to(dtype) * box_scores.to(dtype)[:, None, None]
-        index = box_classes[:, None, None].expand_as(weighted)
-        scores.scatter_reduce_(0, index, weighted, reduce="amax", include_self=True)
-    scores = torch.where(torch.isinf(scores) & (scores < 0), torch.zeros_like(scores), scores)
-    any_positive = (scores[1:] > 0).any(dim=0)
-    scores[BACKGROUND] = (~any_positive).to(dtype)
+    present, per_class = _scores_of_present_classes(mask_logits, box_classes, box_scores)
+    scores = per_class.new_zeros((num_classes, *mask_logits.shape[-2:]))
+    scores[present] = per_class
+    scores[BACKGROUND] = (~(scores[1:] > 0).any(dim=0)).to(scores.dtype)
     return scores
 
 
@@ -93,21 +85,33 @@ def semantic_map(
     mask_logits, box_classes, box_scores = _filtered(
         mask_logits, box_classes, box_scores, num_classes, allowed_classes
     )
-    height, width = mask_logits.shape[-2:]
-    device = mask_logits.device
     if len(box_classes) == 0:
-        return torch.zeros((height, width), dtype=torch.int64, device=device)
-    # Only the classes that have boxes can score above 0: scatter into a compact
-    # (K, H, W) stack instead of (C + 1, H, W) (COCO has 81 channels).
-    present, compact_index = torch.unique(box_classes, sorted=True, return_inverse=True)
-    dtype = mask_logits.dtype if mask_logits.is_floating_point() else torch.float32
-    weighted = mask_logits.to(dtype) * box_scores.to(dtype)[:, None, None]
-    per_class = torch.full((len(present), height, width), float("-inf"), dtype=dtype, device=device)
-    index = compact_index[:, None, None].expand_as(weighted)
-    per_class.scatter_reduce_(0, index, weighted, reduce="amax", include_self=True)
+        return torch.zeros(mask_logits.shape[-2:], dtype=torch.int64, device=mask_logits.device)
+    present, per_class = _scores_of_present_classes(mask_logits, box_classes, box_scores)
     best_score, best = per_class.max(dim=0)  # first maximum on ties: the lower class index
     labels = present[best]
     return torch.where(best_score > 0, labels, torch.zeros_like(labels))
+
+
+def _scores_of_present_classes(
+    mask_logits: torch.Tensor, box_classes: torch.Tensor, box_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the K classes that have boxes: ``(present (K,), scores (K, H, W))``.
+
+    Score of a class = max over its boxes of (mask logit x box confidence). Only these
+    classes can score above 0, so a compact (K, H, W) stack replaces (C + 1, H, W)
+    (COCO has 81 channels). ``present`` is sorted.
+    """
+    height, width = mask_logits.shape[-2:]
+    dtype = mask_logits.dtype if mask_logits.is_floating_point() else torch.float32
+    present, compact_index = torch.unique(box_classes, sorted=True, return_inverse=True)
+    weighted = mask_logits.to(dtype) * box_scores.to(dtype)[:, None, None]
+    per_class = torch.full(
+        (len(present), height, width), float("-inf"), dtype=dtype, device=mask_logits.device
+    )
+    index = compact_index[:, None, None].expand_as(weighted)
+    per_class.scatter_reduce_(0, index, weighted, reduce="amax", include_self=True)
+    return present, per_class
 
 
 def _filtered(

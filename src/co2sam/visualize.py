@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,11 +145,7 @@ def confusion_matrix_figure(
     axes.set_xlabel("prediction")
     axes.set_ylabel("ground truth")
     axes.set_title(title)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return _save_figure(figure, path, dpi=120)
 
 
 def comparison_grid(
@@ -196,8 +193,13 @@ def comparison_grid(
             )
     if title:
         figure.suptitle(title)
+    return _save_figure(figure, path, dpi=100)
+
+
+def _save_figure(figure: Any, path: str | Path, *, dpi: int) -> Path:
+    """Lay out and write a matplotlib figure as PNG, creating the folder."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=dpi)
     return path
