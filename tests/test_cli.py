@@ -9,7 +9,10 @@ runner = CliRunner()
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "Co2SAM" in result.output
+    commands = ("demo", "train", "evaluate", "pseudo-labels", "predict", "boxes",
+                "import-boxes", "prepare", "check-data")  # fmt: skip
+    for command in commands:
+        assert f" {command} " in result.output, command
 
 
 def test_version():
