@@ -7,7 +7,9 @@ from co2sam.config import LossConfig
 from co2sam.losses import (
     LOSS_NAMES,
     binary_mask_iou,
+    box_prototypes,
     contrastive_loss,
+    contrastive_pooling,
     dice_loss,
     entropy_loss,
     image_losses,
@@ -133,10 +135,29 @@ def _image_inputs(requires_grad=False):
         "u_masks": u,
         "t_masks": t,
         "u_embeddings": torch.randn(4, 2, 2),
-        "t_embeddings": torch.randn(4, 2, 2),
         "u_low_res": torch.randn(2, 4, 4),
-        "t_low_res": torch.randn(2, 4, 4),
+        "t_prototypes": torch.randn(2, 4),
     }
+
+
+@pytest.mark.parametrize("compat", ["paper", "reference"])
+def test_image_losses_contrastive_is_contrastive_loss_of_the_two_branches(compat):
+    torch.manual_seed(1)
+    config = LossConfig(compat=compat)
+    pooling = contrastive_pooling(config)
+    assert pooling == ("logits" if compat == "reference" else "sigmoid")
+    embeddings_t, low_res_t = torch.randn(4, 2, 2), torch.randn(2, 4, 4)
+    inputs = _image_inputs()
+    inputs["t_prototypes"] = box_prototypes(embeddings_t, low_res_t, pooling=pooling)
+    losses = image_losses(**inputs, config=config, num_masks=2)
+    expected = contrastive_loss(
+        inputs["u_embeddings"], embeddings_t, inputs["u_low_res"], low_res_t, pooling=pooling
+    )
+    assert losses["contrastive"].item() == pytest.approx(expected.item(), rel=1e-6)
+    other = box_prototypes(embeddings_t, low_res_t.flip(0), pooling=pooling)
+    inputs["t_prototypes"] = other
+    changed = image_losses(**inputs, config=config, num_masks=2)["contrastive"]
+    assert changed.item() != pytest.approx(expected.item(), rel=1e-3)
 
 
 def test_image_losses_paper_matches_the_parts():

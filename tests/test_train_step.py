@@ -8,6 +8,7 @@ from co2sam.sam import Segmenter, attach_lora, load_sam
 from co2sam.train.data import TrainBatch
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import forward_branches, training_step
+from co2sam.train.template_cache import TemplateCache
 
 
 def _image(height, width, squares):
@@ -90,7 +91,8 @@ def test_branch_shapes_and_t_teacher_is_plain_sam(segmenter):
 
     before = forward_branches(segmenter, batch)
     size = segmenter.image_size
-    assert before.template.embeddings.shape == (2, 256, size // 16, size // 16)
+    assert before.u_teacher.embeddings.shape == (2, 256, size // 16, size // 16)
+    assert [p.shape for p in before.template.prototypes] == [(2, 256), (1, 256)]
     assert [m.shape for m in before.student.masks] == [(2, size, size), (1, size, size)]
     assert [m.shape for m in before.u_teacher.low_res] == [(2, size // 4, size // 4), (1, 32, 32)]
     for ours, reference in zip(before.template.masks, plain_masks(), strict=True):
@@ -142,3 +144,77 @@ def test_reference_mode_and_no_strong_view(segmenter):
     config = LossConfig(compat="reference", strong_view=False, entropy_weight=0.0)
     history = _train(segmenter, _batch(with_empty=False), steps=2, config=config)
     assert all(np.isfinite(h["total"]) for h in history)
+
+
+def _step_with_grads(segmenter, batch, cache=None, config=None):
+    segmenter.zero_grad(set_to_none=True)
+    total, logs = training_step(segmenter, batch, config or LossConfig(), cache)
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in segmenter.named_parameters() if p.grad is not None}
+    return float(total.detach()), logs, grads
+
+
+def _count_encoder_images(segmenter):
+    seen = []
+    segmenter.sam.vision_encoder.register_forward_hook(
+        lambda module, args, output: seen.append(args[0].shape[0])
+    )
+    return seen
+
+
+@pytest.mark.parametrize("compat", ["paper", "reference"])
+def test_template_cache_gives_the_same_step_without_the_t_teacher_forward(compat):
+    torch.manual_seed(0)
+    segmenter = Segmenter(attach_lora(_sharpened_tiny_sam()))
+    with torch.no_grad():  # LoRA on, so that the T-teacher and U-teacher differ
+        for param in segmenter.trainable_parameters():
+            param.normal_(0, 0.05)
+    batch, config = _batch(), LossConfig(compat=compat)
+    encoded = _count_encoder_images(segmenter)
+    plain_total, plain_logs, plain_grads = _step_with_grads(segmenter, batch, config=config)
+    assert encoded == [2, 4] and plain_logs["templates_cached"] == 0  # T, then U + student
+
+    cache = TemplateCache(max_bytes=2**20)
+    encoded.clear()
+    first_total, first_logs, first_grads = _step_with_grads(segmenter, batch, cache, config)
+    assert encoded == [2, 4] and first_logs["templates_cached"] == 0
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (0, 2)
+    encoded.clear()
+    second_total, second_logs, second_grads = _step_with_grads(segmenter, batch, cache, config)
+    assert encoded == [4] and second_logs["templates_cached"] == 2  # no T-teacher forward
+    assert cache.hit_rate == 0.5
+    for total, grads in ((first_total, first_grads), (second_total, second_grads)):
+        assert total == pytest.approx(plain_total, rel=1e-6, abs=1e-7)
+        assert grads.keys() == plain_grads.keys() and grads
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, plain_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_template_cache_recomputes_new_views_only():
+    torch.manual_seed(0)
+    segmenter = Segmenter(attach_lora(load_sam("tiny")))
+    batch = _batch(with_empty=False)
+    cache = TemplateCache(max_bytes=2**20)
+    training_step(segmenter, batch, LossConfig(), cache)
+    flipped = TrainBatch(
+        batch.image_ids,
+        [batch.weak[0], np.ascontiguousarray(batch.weak[1][::-1])],  # a new view of "b"
+        batch.strong,
+        batch.boxes,
+        batch.box_classes,
+    )
+    encoded = _count_encoder_images(segmenter)
+    _, logs = training_step(segmenter, flipped, LossConfig(), cache)
+    assert encoded == [1, 4] and logs["templates_cached"] == 1
+    assert len(cache) == 3
+
+
+def test_full_template_cache_keeps_nothing_more_and_still_trains():
+    torch.manual_seed(0)
+    segmenter = Segmenter(attach_lora(load_sam("tiny")))
+    cache = TemplateCache(max_bytes=0)
+    encoded = _count_encoder_images(segmenter)
+    for _ in range(2):
+        total, logs = training_step(segmenter, _batch(), LossConfig(), cache)
+        assert torch.isfinite(total) and logs["templates_cached"] == 0
+    assert len(cache) == 0 and cache.bytes == 0 and encoded == [2, 4, 2, 4]

@@ -118,6 +118,33 @@ def mask_pooled_prototypes(embeddings: Tensor, weights: Tensor, *, eps: float = 
     return pooled / total[:, None]
 
 
+def box_prototypes(embeddings: Tensor, low_res: Tensor, *, pooling: str = "sigmoid") -> Tensor:
+    """One prototype per box: channel-normalised embeddings pooled under the box's mask.
+
+    ``embeddings``: (C, h, w), L2-normalised over channels here; ``low_res``: (N, h', w')
+    low-resolution mask logits of the same branch (detached here). ``pooling``:
+    ``sigmoid`` (weights = sigmoid(logits), paper) or ``logits`` (raw logits,
+    reference). Returns (N, C) float32, with gradient into ``embeddings``.
+    """
+    if pooling not in ("sigmoid", "logits"):
+        raise ValueError(f"pooling must be 'sigmoid' or 'logits', got {pooling!r}")
+    weights, eps = low_res.detach(), 0.0
+    if pooling == "sigmoid":
+        weights, eps = weights.float().sigmoid(), 1e-6
+    return mask_pooled_prototypes(F.normalize(embeddings.float(), dim=0), weights, eps=eps)
+
+
+def info_nce(prototypes_u: Tensor, prototypes_t: Tensor, *, temperature: float = 0.3) -> Tensor:
+    """InfoNCE with the matching box as the positive (scalar).
+
+    ``prototypes_*``: (N, C). Loss = -log(sum exp(diag S) / sum exp(S)) with
+    S = cosine(proto_u, proto_t) / temperature, shape (N, N).
+    """
+    similarity = F.cosine_similarity(prototypes_u[:, None], prototypes_t[None], dim=2)
+    exp = (similarity / temperature).exp()
+    return -torch.log(exp.diagonal().sum() / exp.sum())
+
+
 def contrastive_loss(
     embeddings_u: Tensor,
     embeddings_t: Tensor,
@@ -129,25 +156,18 @@ def contrastive_loss(
 ) -> Tensor:
     """InfoNCE between U-teacher and T-teacher box prototypes (scalar).
 
-    ``embeddings_*``: (C, h, w), L2-normalised over channels here; ``low_res_*``:
-    (N, h', w') low-resolution mask logits of each branch (detached here).
-    ``pooling``: ``sigmoid`` (weights = sigmoid(logits), paper) or ``logits``
-    (raw logits, reference). Loss = -log(sum exp(diag S) / sum exp(S)) with
-    S = cosine(proto_u, proto_t) / temperature, shape (N, N). Gradient flows into
-    ``embeddings_u`` (and ``embeddings_t`` if it requires grad).
+    ``embeddings_*``: (C, h, w); ``low_res_*``: (N, h', w') low-resolution mask logits
+    of each branch. :func:`box_prototypes` of each branch, then :func:`info_nce`.
+    Gradient flows into ``embeddings_u`` (and ``embeddings_t`` if it requires grad).
     """
-    if pooling not in ("sigmoid", "logits"):
-        raise ValueError(f"pooling must be 'sigmoid' or 'logits', got {pooling!r}")
-    weights_u, weights_t = low_res_u.detach(), low_res_t.detach()
-    eps = 0.0
-    if pooling == "sigmoid":
-        weights_u, weights_t = weights_u.float().sigmoid(), weights_t.float().sigmoid()
-        eps = 1e-6
-    proto_u = mask_pooled_prototypes(F.normalize(embeddings_u.float(), dim=0), weights_u, eps=eps)
-    proto_t = mask_pooled_prototypes(F.normalize(embeddings_t.float(), dim=0), weights_t, eps=eps)
-    similarity = F.cosine_similarity(proto_u[:, None], proto_t[None], dim=2) / temperature
-    exp = similarity.exp()
-    return -torch.log(exp.diagonal().sum() / exp.sum())
+    proto_u = box_prototypes(embeddings_u, low_res_u, pooling=pooling)
+    proto_t = box_prototypes(embeddings_t, low_res_t, pooling=pooling)
+    return info_nce(proto_u, proto_t, temperature=temperature)
+
+
+def contrastive_pooling(config: LossConfig) -> str:
+    """How prototypes are pooled under ``config``: ``sigmoid`` (paper) or ``logits``."""
+    return "logits" if config.compat == "reference" else "sigmoid"
 
 
 def entropy_loss(logits: Tensor, *, eps: float = 0.0) -> Tensor:
@@ -196,17 +216,18 @@ def image_losses(
     u_masks: Tensor,
     t_masks: Tensor,
     u_embeddings: Tensor,
-    t_embeddings: Tensor,
     u_low_res: Tensor,
-    t_low_res: Tensor,
+    t_prototypes: Tensor,
     config: LossConfig,
     num_masks: int,
 ) -> dict[str, Tensor]:
     """All Co2SAM loss terms for one image with N >= 1 boxes (unweighted scalars).
 
     ``*_masks``: (N, S, S) mask logits at the input resolution (student, U-teacher,
-    T-teacher); ``student_iou``: (N,) predicted IoU; ``*_embeddings``: (256, S/16,
-    S/16); ``*_low_res``: (N, S/4, S/4) logits. Targets are made here: ``[M_u > 0]``
+    T-teacher); ``student_iou``: (N,) predicted IoU; ``u_embeddings``: (256, S/16,
+    S/16); ``u_low_res``: (N, S/4, S/4) logits; ``t_prototypes``: (N, 256) the
+    T-teacher's :func:`box_prototypes` (pooled as :func:`contrastive_pooling` says; the
+    step may take them from its template cache). Targets are made here: ``[M_u > 0]``
     (detached) and ``[M_t > 0]``. The template term has gradient through both the
     student's and the U-teacher's masks. ``num_masks`` is the number of masks in the
     whole batch (only the reference quirks use it).
@@ -223,7 +244,7 @@ def image_losses(
         template = 0.5 * reference_dice_loss(
             student_masks, t_target, smooth=1.0
         ) + 0.5 * reference_dice_loss(u_masks, t_target, smooth=1.0)
-        pooling, entropy_eps = "logits", 1e-10
+        entropy_eps = 1e-10
     else:
         focal = sigmoid_focal_loss(
             student_masks, u_target, alpha=config.focal_alpha, gamma=config.focal_gamma
@@ -234,15 +255,9 @@ def image_losses(
             0.5 * dice_loss(student_masks, t_target, smooth=config.dice_smooth)
             + 0.5 * dice_loss(u_masks, t_target, smooth=config.dice_smooth)
         ).sum()
-        pooling, entropy_eps = "sigmoid", 0.0
-    contrastive = contrastive_loss(
-        u_embeddings,
-        t_embeddings,
-        u_low_res,
-        t_low_res,
-        temperature=config.contrastive_temperature,
-        pooling=pooling,
-    )
+        entropy_eps = 0.0
+    u_prototypes = box_prototypes(u_embeddings, u_low_res, pooling=contrastive_pooling(config))
+    contrastive = info_nce(u_prototypes, t_prototypes, temperature=config.contrastive_temperature)
     entropy = entropy_loss(student_masks, eps=entropy_eps)
     return {
         "focal": focal,

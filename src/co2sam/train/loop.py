@@ -14,7 +14,9 @@ adapter. A run folder (``train.out_dir``) holds::
 Exact resume: the epoch order depends on (seed, epoch), each sample's augmentation on
 (seed, epoch, index), and the checkpoint stores the position inside the epoch, so a
 resumed run skips the batches already seen and reaches the same weights as an
-uninterrupted one (bit for bit on CPU).
+uninterrupted one: bit for bit on CPU with ``train.template_cache_gib=0``; with the
+template cache (the default) to float rounding, because the resumed process starts with
+an empty cache and recomputes T-teacher outputs in other batch compositions.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from co2sam.train.monitor import TrainProgress, make_loggers
 from co2sam.train.run_dir import RunDirError, open_run_dir, save_adapter_folder, save_state
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
+from co2sam.train.template_cache import TemplateCache
 from co2sam.train.validation import val_metrics, validate
 
 __all__ = ["FitResult", "NonFiniteLossError", "RunDirError", "build_segmenter", "fit"]
@@ -72,6 +75,8 @@ class FitResult:
     last_adapter: Path | None = None
     skipped_images: int = 0
     skipped_steps: int = 0
+    template_cache_hit_rate: float | None = None
+    """Share of T-teacher lookups this process served from its template cache."""
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -173,6 +178,10 @@ def fit(
     model, optimizer = fabric.setup(segmenter, optimizer)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
 
+    # Plain SAM never changes: keep the T-teacher's outputs per weak view (SPEC-exact).
+    template_cache = None
+    if train.template_cache_gib > 0:
+        template_cache = TemplateCache.from_gib(train.template_cache_gib)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
     state.update(skipped_images=0, skipped_steps=0)
     if checkpoint_state is not None:
@@ -200,7 +209,9 @@ def fit(
             training_set.set_epoch(epoch)
             sampler.set_position(epoch, state["batch_in_epoch"] * train.batch_size)
             for batch in loader:
-                stepped = _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state)
+                stepped = _optimizer_step(
+                    model, batch, config, fabric, optimizer, scheduler, state, template_cache
+                )
                 state["batch_in_epoch"] += 1
                 if stepped is None:
                     continue
@@ -211,6 +222,9 @@ def fit(
                     metrics = {f"train/{name}": value for name, value in losses.items()}
                     metrics["train/lr"] = scheduler.get_last_lr()[0]
                     metrics["train/images_per_s"] = bar.images_per_s
+                    if template_cache is not None:
+                        metrics["train/template_cache_hit_rate"] = template_cache.hit_rate
+                        metrics["train/template_cache_gib"] = template_cache.bytes / 2**30
                     _log(loggers, metrics, state["step"])
                 if state["step"] % train.checkpoint_every == 0:
                     save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
@@ -249,13 +263,14 @@ def fit(
         last_adapter=last_adapter,
         skipped_images=state["skipped_images"],
         skipped_steps=state["skipped_steps"],
+        template_cache_hit_rate=template_cache.hit_rate if template_cache is not None else None,
     )
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state):
+def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state, template_cache):
     """Forward, backward and update on one batch; None when no process had a box.
 
     Processes agree (one all-reduce each) on whether any of them has a box before the
@@ -272,7 +287,7 @@ def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state):
         state["skipped_steps"] += 1
         return None
     if has_boxes:
-        total, logs = training_step(model, batch, config.loss)
+        total, logs = training_step(model, batch, config.loss, template_cache)
     else:
         # Others have boxes: join the gradient all-reduce with a zero loss (DDP needs
         # every process to run a forward and a backward).
