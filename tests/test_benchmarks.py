@@ -48,7 +48,7 @@ def test_train_step_main(benchmarks, capsys, tmp_path):
     names = [row.name for row in result["rows"]]
     assert any(name.startswith("reference-style, detector") for name in names)
     assert "ours b2 fp32 sdpa" in names and "losses only: ours" in names
-    assert "ours b1 fp32 sdpa tcache" in names and "ours best: b2 fp32 sdpa tcache" in names
+    assert "ours b1 fp32 sdpa tcache" in names and "ours best: b2 bf16 sdpa tcache" in names
     assert all(ratio > 0 for ratio in result["ratios"].values()) and len(result["ratios"]) == 4
     env = result["environment"]
     # the warm template cache skips the T-teacher's forward: fewer FLOPs per image
