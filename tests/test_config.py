@@ -43,6 +43,7 @@ def test_overrides_are_typed():
         ("train.epochs=abc", "train.epochs must be int"),
         ("eval.mode=closed", "eval.mode must be one of"),
         ("train.epochs=0", "train.epochs must be >= 1"),
+        ("train.template_cache_gib=-1", "train.template_cache_gib must be >= 0"),
         ("lr=1", "section.field=value"),
     ],
 )

@@ -3,7 +3,8 @@
 Logs go under the run folder: ``RUN_DIR/tensorboard`` (``tensorboard --logdir``) and
 ``RUN_DIR/csv/from-step-<k>/metrics.csv`` (one file per session, so resuming never
 overwrites what an earlier session wrote). Keys: ``train/<loss>``, ``train/lr``,
-``train/images_per_s``, ``val/<mode>/miou`` ...
+``train/images_per_s``, ``train/template_cache_hit_rate`` and ``..._gib`` (this
+process's T-teacher cache), ``val/<mode>/miou`` ...
 """
 
 from __future__ import annotations
