@@ -217,7 +217,10 @@ def fit(
                     continue
                 losses, images = stepped
                 state["step"] += 1
-                bar.advance(state["step"], images, losses)
+                note = ""
+                if template_cache is not None:
+                    note = f"T-cache {template_cache.hit_rate:.0%}"
+                bar.advance(state["step"], images, losses, note)
                 if state["step"] % train.log_every == 0 or state["step"] == 1:
                     metrics = {f"train/{name}": value for name, value in losses.items()}
                     metrics["train/lr"] = scheduler.get_last_lr()[0]

@@ -71,8 +71,11 @@ class TrainProgress:
         )
         self._progress.start()
 
-    def advance(self, step: int, images: int, losses: Mapping[str, float]) -> None:
-        """Record one optimizer step that used ``images`` images (summed over processes)."""
+    def advance(self, step: int, images: int, losses: Mapping[str, float], note: str = "") -> None:
+        """Record one optimizer step that used ``images`` images (summed over processes).
+
+        ``note`` is shown after the rate (e.g. the template cache's hit rate).
+        """
         self._images += images
         self.means.update(losses)
         elapsed = time.perf_counter() - self._since
@@ -83,7 +86,7 @@ class TrainProgress:
             self._progress.update(
                 self._task,
                 completed=step,
-                rate=f"{self.images_per_s:.2f} img/s",
+                rate=f"{self.images_per_s:.2f} img/s" + (f" {note}" if note else ""),
                 losses=self.means.summary(self.SHOWN),
             )
 
