@@ -39,6 +39,21 @@ def test_cache_counts_and_returns_copies_on_the_device():
     assert cache.bytes == 2 * 8 * 8 * 2 + 2 * 256 * 4
 
 
+def test_cache_keeps_template_signs_in_a_fraction_of_the_memory():
+    y, x = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    low_res = (1 - ((x - 100) / 60) ** 2 - ((y - 120) / 40) ** 2).mul(8).bfloat16()[None]
+    cache = TemplateCache(max_bytes=2**20)
+    assert cache.put("k", low_res, torch.randn(1, 256))
+    assert cache.bytes * 8 < low_res.numel() * 2  # a bf16 tensor would take 128 KiB
+    found, _ = cache.get("k", "cpu")
+    up = torch.nn.functional.interpolate
+    for size in (1024, 999):
+        expected = up(low_res.float()[None], size=(size, size), mode="bilinear") > 0
+        assert torch.equal(
+            up(found.float()[None], size=(size, size), mode="bilinear") > 0, expected
+        )
+
+
 def test_cache_stays_within_its_budget():
     entry = (torch.randn(1, 8, 8), torch.randn(1, 4))  # 272 bytes
     cache = TemplateCache(max_bytes=600)

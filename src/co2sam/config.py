@@ -183,7 +183,8 @@ class TrainConfig:
 
     Plain SAM never changes, so its prediction for a weak view (one of 4 flips of an
     image) is computed once and reused; this skips one of the step's three encoder
-    forwards. About 129 KiB per box at 1024 in bf16; all of VOC train_aug needs ~14 GiB.
+    forwards. Roughly 12-25 KiB per box at 1024 (train.template_cache); every view of
+    VOC train_aug should fit in 1.5-3 GiB.
     When the budget is full, further views are computed every time."""
 
     def __post_init__(self) -> None:

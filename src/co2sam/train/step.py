@@ -57,6 +57,8 @@ class TemplateOutput:
 
     low_res: B tensors (Ni, S/4, S/4) low-resolution mask logits m_t.
     masks: B tensors (Ni, S, S) float32 logits M_t = bilinear upsample of m_t.
+        For views served by the template cache, m_t and M_t keep only the signs of
+        M_t (all the losses read: the target [M_t > 0]), not its magnitudes.
     prototypes: B tensors (Ni, 256) float32 box prototypes (losses.box_prototypes).
     cached: how many of the B images came from the template cache.
     """

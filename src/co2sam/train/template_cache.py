@@ -6,12 +6,14 @@ flipped or not (horizontally, vertically): four views per image, each seen many 
 over a run (50 epochs on VOC). Keeping the T-teacher's outputs for every view seen saves
 one of the step's three encoder forwards from the second visit of a view on.
 
-What is kept is all the losses need from the T-teacher, per image with N boxes:
-- ``low_res``: (N, S/4, S/4) low-resolution mask logits, in the dtype they were made in
-  (the template target is ``[upsample(low_res) > 0]``);
+What is kept is all the losses read from the T-teacher, per image with N boxes:
+- the template target ``[upsample(low_res) > 0]``, as the low-res logits coded by
+  :mod:`co2sam.train.sign_codec` (exact signs after upsampling, not the magnitudes);
 - ``prototypes``: (N, 256) float32 box prototypes for the contrastive loss.
-At SAM's 1024 input under bf16 that is about 129 KiB per box instead of the 2 MiB image
-embedding; a VOC train_aug run with every view of every image cached needs about 14 GiB.
+At SAM's 1024 input that is an 8 KiB sign bitmap per box, 6 bytes per logit near the
+mask's boundary and a 1 KiB prototype: about 12 KiB per box for smooth synthetic masks,
+roughly 12-25 KiB for real ones (an estimate), instead of the 2 MiB image embedding.
+All 4 views of every VOC ``train_aug`` image should take about 1.5-3 GiB.
 
 Entries are keyed by the content of the weak view, its boxes and the pooling mode (a
 hash), so a changed image, flip or box can never be served a stale template. When the
@@ -29,17 +31,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from co2sam.train.sign_codec import SignCodedLogits, decode_signs, encode_signs
+
 
 @dataclass
 class CachedTemplate:
-    """One view's T-teacher outputs (on the CPU): low_res (N, s, s), prototypes (N, C)."""
+    """One view's T-teacher outputs (on the CPU): low_res (N, s, s) coded, prototypes (N, C)."""
 
-    low_res: Tensor
+    low_res: SignCodedLogits
     prototypes: Tensor
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.low_res, self.prototypes))
+        return self.low_res.nbytes + self.prototypes.numel() * self.prototypes.element_size()
 
 
 def view_key(weak: np.ndarray, boxes: np.ndarray, pooling: str) -> str:
@@ -82,20 +86,24 @@ class TemplateCache:
         return self.hits / lookups if lookups else 0.0
 
     def get(self, key: str, device: torch.device | str) -> tuple[Tensor, Tensor] | None:
-        """``(low_res, prototypes)`` on ``device`` for a kept view, else None."""
+        """``(low_res, prototypes)`` on ``device`` for a kept view, else None.
+
+        ``low_res`` has the dtype and shape of the logits that were put, and the sign of
+        theirs after bilinear upsampling at every pixel (not their magnitudes).
+        """
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
             return None
         self.hits += 1
-        return entry.low_res.to(device), entry.prototypes.to(device)
+        return decode_signs(entry.low_res, device), entry.prototypes.to(device)
 
     def put(self, key: str, low_res: Tensor, prototypes: Tensor) -> bool:
-        """Keep a view's outputs (copied to the CPU) if the budget allows; True if kept."""
+        """Keep a view's outputs (coded, on the CPU) if the budget allows; True if kept."""
         if key in self._entries:
             return True
         entry = CachedTemplate(
-            low_res=low_res.detach().to("cpu", copy=True),
+            low_res=encode_signs(low_res),
             prototypes=prototypes.detach().to("cpu", copy=True),
         )
         if self.bytes + entry.nbytes > self.max_bytes:
