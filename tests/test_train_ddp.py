@@ -1,7 +1,9 @@
-"""DDP on CPU: two gloo processes run two steps and end with the same adapter.
+"""DDP on CPU: two gloo processes run five epochs and end with the same adapter.
 
 Both processes are started at once, as torchrun or a cluster launcher would (Fabric
-sees LOCAL_RANK and joins them), so their imports overlap.
+sees LOCAL_RANK and joins them), so their imports overlap. Only rank 0 keeps a template
+cache, so the processes run different numbers of T-teacher forwards (no gradient, no
+collective): they must still agree step by step.
 """
 
 import os
@@ -14,6 +16,7 @@ import torch
 
 SCRIPT = textwrap.dedent(
     """
+    import os
     import sys
 
     import torch
@@ -27,8 +30,9 @@ SCRIPT = textwrap.dedent(
         "model.sam=tiny", "data.dataset=synthetic", f"data.root={data_root}",
         "data.train_split=train", "data.num_workers=0", "prompts.source=oracle",
         f"train.out_dir={out_dir}/run", "train.accelerator=cpu", "train.devices=2",
-        "train.batch_size=1", "train.max_steps=2", "train.val_every=0",
+        "train.batch_size=1", "train.max_steps=10", "train.val_every=0",
         "optim.warmup_steps=0", "optim.lr=1e-2",
+        f"train.template_cache_gib={1 if os.environ['LOCAL_RANK'] == '0' else 0}",
     ])
 
     def boxes_fn(sample):  # one image without boxes: its process joins with a zero loss
@@ -38,7 +42,8 @@ SCRIPT = textwrap.dedent(
     result = fit(config, boxes_fn=boxes_fn, progress=False)
     rank = torch.distributed.get_rank()
     lora = {n: p.detach().clone() for n, p in result.segmenter.named_parameters() if "lora_" in n}
-    saved = {"lora": lora, "step": result.step, "skipped": result.skipped_images}
+    saved = {"lora": lora, "step": result.step, "skipped": result.skipped_images,
+             "hit_rate": result.template_cache_hit_rate}
     torch.save(saved, f"{out_dir}/rank{rank}.pt")
     """
 )
@@ -79,8 +84,9 @@ def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
             if process.poll() is None:
                 process.kill()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0]["step"] == ranks[1]["step"] == 2
-    assert ranks[0]["skipped"] + ranks[1]["skipped"] == 1
+    assert ranks[0]["step"] == ranks[1]["step"] == 10  # 2 images per process, 5 epochs
+    assert ranks[0]["skipped"] + ranks[1]["skipped"] == 5  # one image without boxes
+    assert ranks[0]["hit_rate"] > 0 and ranks[1]["hit_rate"] is None
     first, second = ranks[0]["lora"], ranks[1]["lora"]
     assert first.keys() == second.keys() and first
     for name in first:
