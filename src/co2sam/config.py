@@ -183,9 +183,9 @@ class TrainConfig:
 
     Plain SAM never changes, so its prediction for a weak view (one of 4 flips of an
     image) is computed once and reused; this skips one of the step's three encoder
-    forwards. Roughly 12-25 KiB per box at 1024 (train.template_cache); every view of
-    VOC train_aug should fit in 1.5-3 GiB.
-    When the budget is full, further views are computed every time."""
+    forwards. Roughly 12-25 KiB per box at 1024 (co2sam.train.template_cache): all
+    views of VOC train_aug should fit in 1.5-3 GiB. When the budget is full, further
+    views are computed every time."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "devices", "num_nodes", "checkpoint_every"):
