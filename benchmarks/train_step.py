@@ -8,7 +8,8 @@ the LoRA parameters. Both loops run in this process on the same random weights:
   loss loops at full input resolution);
 - ``ours``: ``co2sam.train.step.training_step`` + Adam, with each optimisation switched
   on alone (bf16 autocast, eager vs SDPA attention, batch > 1 with ragged box counts,
-  gradient checkpointing, torch.compile of the image encoder), then the winners together.
+  gradient checkpointing, torch.compile of the image encoder, the T-teacher's template
+  cache timed warm), then the winners together.
 
 Views are made beforehand for both (a data-loader job). Cases are timed in turns so that
 a change of machine load hits all of them. Examples::
