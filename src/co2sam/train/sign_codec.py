@@ -18,6 +18,7 @@ the original's at every pixel, for any output size; it does not give the magnitu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -107,10 +108,7 @@ def decode_signs(coded: SignCodedLogits, device: torch.device | str = "cpu") -> 
     """Logits whose bilinear upsampling has the sign of the coded ones' at every pixel."""
     if coded.dense is not None:
         return coded.dense.to(device)
-    count = 1
-    for size in coded.shape:
-        count *= size
-    positive = _unpack_bits(coded.positive.to(device), count)
+    positive = _unpack_bits(coded.positive.to(device), math.prod(coded.shape))
     one = torch.ones((), dtype=coded.dtype, device=device)
     flat = torch.where(positive, one, -one)
     flat[coded.index.to(device).long()] = coded.values.to(device)

@@ -55,15 +55,13 @@ class BranchOutput:
 class TemplateOutput:
     """What the losses need from the T-teacher, for the B images of a batch.
 
-    low_res: B tensors (Ni, S/4, S/4) low-resolution mask logits m_t.
-    masks: B tensors (Ni, S, S) float32 logits M_t = bilinear upsample of m_t.
-        For views served by the template cache, m_t and M_t keep only the signs of
-        M_t (all the losses read: the target [M_t > 0]), not its magnitudes.
+    masks: B tensors (Ni, S, S) float32 logits M_t = bilinear upsample of the low-res
+        logits m_t. For views served by the template cache, M_t keeps only its signs
+        (all the losses read: the target [M_t > 0]), not its magnitudes.
     prototypes: B tensors (Ni, 256) float32 box prototypes (losses.box_prototypes).
     cached: how many of the B images came from the template cache.
     """
 
-    low_res: list[Tensor]
     masks: list[Tensor]
     prototypes: list[Tensor]
     cached: int = 0
@@ -122,10 +120,8 @@ def template_branch(
                 found[i] = (low_res, prototypes)
                 if cache is not None:
                     cache.put(keys[i], low_res, prototypes)
-    low_res = [entry[0] for entry in found]
     return TemplateOutput(
-        low_res=low_res,
-        masks=[segmenter.upscale(m.float()) for m in low_res],
+        masks=[segmenter.upscale(entry[0].float()) for entry in found],
         prototypes=[entry[1] for entry in found],
         cached=count - len(missing),
     )
