@@ -137,14 +137,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cases[name] = evaluation_case(compiled, dataset, first, "fp32", modes)
         notes[name] = "torch.compile encoder alone"
 
-    seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
-    rows = [row_from_seconds(name, seconds[name], len(dataset), notes[name]) for name in cases]
+    names = list(cases)
+    seconds = round_robin(
+        cases, device, warmup=args.warmup, iterations=args.iterations, clock=args.clock
+    )
+    rows = [row_from_seconds(name, seconds[name], len(dataset), notes[name]) for name in names]
     if not args.no_memory:
         add_memory(rows, cases, device)
 
     env = environment(device)
     env.update(variant=args.variant, size=args.size, images=len(dataset), modes=list(modes))
-    best = max(rows, key=lambda row: row.images_per_s)
+    best = max((row for row in rows if row.images_per_s > 0), key=lambda row: row.images_per_s)
     env["best"] = best.name
     if args.flops:
         from torch.utils.flop_counter import FlopCounterMode

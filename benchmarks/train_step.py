@@ -1,20 +1,25 @@
-"""Training-step throughput and peak memory: co2sam's trainer vs a reference-style loop.
+"""Training-step throughput and peak memory: co2sam's trainer vs the published loop's structure.
 
 A step = T-teacher, U-teacher and student branches + all losses + backward + Adam on
 the LoRA parameters. Both loops run in this process on the same random weights:
 
-- ``reference-style``: benchmarks/reference_loop.py (batch 1, fp32, a Grounding DINO
-  forward per labelled class of every image at every step, per-box decoding, per-mask
-  loss loops at full input resolution);
-- ``ours``: ``co2sam.train.step.training_step`` + Adam, with each optimisation switched
-  on alone (bf16 autocast, eager vs SDPA attention, batch > 1 with ragged box counts,
-  gradient checkpointing, torch.compile of the image encoder, the T-teacher's template
-  cache timed warm), then the winners together.
+- ``published loop``: benchmarks/reference_loop.py, the structure of the published
+  training loop (batch 1, float32, a Grounding DINO forward per labelled class of every
+  image at every step, a template copy of the model, three model calls that each decode
+  all boxes of the image at once, fused-qkv LoRA, the published losses per image);
+- ``ours``: ``co2sam.train.step.training_step`` + Adam, as the trainer runs it by
+  default (fp32 on CPU, bf16 autocast on CUDA; the template cache cold on a view's first
+  visit, warm from its second), then each optimisation switched on alone (bf16 autocast,
+  eager vs SDPA attention, batch > 1 with ragged box counts, gradient checkpointing,
+  torch.compile of the image encoder, the T-teacher's template cache timed warm), then
+  the winners together.
 
-Views are made beforehand for both (a data-loader job). Cases are timed in turns so that
-a change of machine load hits all of them. Examples::
+Both use the published loss form by default (``--loss-form reference``: what the voc and
+coco presets train with). Views are made beforehand for both (a data-loader job). Cases
+are timed in turns so that a change of machine load hits all of them. Examples::
 
     python benchmarks/train_step.py                       # CPU, reduced SAM at 256
+    python benchmarks/train_step.py --variant vit_b --size 256 --best-batch 1
     python benchmarks/train_step.py --device cuda --variant vit_b --size 1024 \\
         --batch-sizes 1,4,8 --iterations 20 --warmup 3 --compile --flops
 """
@@ -41,6 +46,7 @@ from common import (  # noqa: E402
     Work,
     add_memory,
     autocast,
+    build_cases,
     build_prompter,
     build_segmenter,
     common_arguments,
@@ -53,10 +59,16 @@ from common import (  # noqa: E402
     save_json,
     setup,
 )
-from reference_loop import ReferenceStyleStep, reference_losses  # noqa: E402
+from reference_loop import PublishedStructureStep, published_losses  # noqa: E402
 
 from co2sam.config import LossConfig  # noqa: E402
-from co2sam.losses import box_prototypes, image_losses, reduce_batch, total_loss  # noqa: E402
+from co2sam.losses import (  # noqa: E402
+    box_prototypes,
+    contrastive_pooling,
+    image_losses,
+    reduce_batch,
+    total_loss,
+)
 from co2sam.train.data import TrainBatch  # noqa: E402
 from co2sam.train.step import training_step  # noqa: E402
 from co2sam.train.template_cache import TemplateCache  # noqa: E402
@@ -78,7 +90,11 @@ def train_batch(items: Sequence[Work]) -> TrainBatch:
 
 
 class OursStep:
-    """co2sam's step on batches of ``batch_size`` images taken in turn from ``work``."""
+    """co2sam's step on batches of ``batch_size`` images taken in turn from ``work``.
+
+    loss_form: ``LossConfig.compat`` (``reference``: the published loss form, as the voc
+    and coco presets train; ``paper``: the form the paper describes).
+    """
 
     def __init__(
         self,
@@ -90,6 +106,7 @@ class OursStep:
         precision: str = "fp32",
         checkpointing: bool = False,
         template_cache: bool = False,
+        loss_form: str = "reference",
     ) -> None:
         self.segmenter = segmenter
         self.batches = [
@@ -99,9 +116,12 @@ class OursStep:
         self.device = device
         self.precision = precision
         self.checkpointing = checkpointing
-        self.loss_config = LossConfig()
+        self.loss_config = LossConfig(compat=loss_form)
         self.optimizer = torch.optim.Adam(
             segmenter.trainable_parameters(), lr=1e-4, weight_decay=1e-4
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / 250)
         )
         self.calls = 0
         self.cache = TemplateCache.from_gib(8.0) if template_cache else None
@@ -121,13 +141,14 @@ class OursStep:
                 total, _ = training_step(self.segmenter, batch, self.loss_config, self.cache)
             total.backward()
             self.optimizer.step()
+            self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         finally:
             self.segmenter.gradient_checkpointing = False
         return float(total.detach())
 
 
-def reference_case(step: ReferenceStyleStep, work: Sequence[Work]) -> Callable[[], float]:
+def published_case(step: PublishedStructureStep, work: Sequence[Work]) -> Callable[[], float]:
     strong = [strong_view(item.image) for item in work]
     calls = [0]
 
@@ -139,16 +160,19 @@ def reference_case(step: ReferenceStyleStep, work: Sequence[Work]) -> Callable[[
     return run
 
 
-def loss_case(size: int, boxes: int, device: torch.device, kind: str) -> Callable[[], float]:
+def loss_case(
+    size: int, boxes: int, device: torch.device, kind: str, loss_form: str = "reference"
+) -> Callable[[], float]:
     """Losses alone for one image with ``boxes`` boxes: upsample to S x S, losses, backward.
 
-    kind: ``ours`` (co2sam.losses.image_losses), ``ours-compiled`` (the same through
-    torch.compile: elementwise ops fused, no full-resolution intermediates) or
-    ``reference`` (per-mask Python loops of benchmarks/reference_loop.py).
+    kind: ``ours`` (co2sam.losses.image_losses in ``loss_form``), ``ours-compiled`` (the
+    same through torch.compile: elementwise ops fused, no full-resolution intermediates)
+    or ``published`` (reference_loop.published_losses).
     """
-    config = LossConfig()
+    config = LossConfig(compat=loss_form)
     losses_fn = torch.compile(image_losses, dynamic=False) if kind == "ours-compiled" else None
     generator = torch.Generator().manual_seed(0)
+    pooling = contrastive_pooling(config)
 
     def tensor(*shape: int, grad: bool = True) -> torch.Tensor:
         value = torch.randn(*shape, generator=generator).to(device)
@@ -164,14 +188,14 @@ def loss_case(size: int, boxes: int, device: torch.device, kind: str) -> Callabl
         embeddings = [tensor(256, size // 16, size // 16, grad=g) for g in (False, True)]
         iou = tensor(boxes)
         masks = [upscale(m) for m in low]
-        if kind == "reference":
+        if kind == "published":
             branches = [
-                (embedding, list(low_res[:, None]), list(full[:, None]), list(iou))
+                (embedding, low_res[:, None], full, iou[:, None])
                 for embedding, low_res, full in zip(
                     (*embeddings, embeddings[1]), low, masks, strict=True
                 )
             ]
-            total = reference_losses(*branches, beta=config.focal_weight)
+            total = published_losses(*branches, beta=config.focal_weight)
         else:
             function = losses_fn or image_losses
             losses = function(
@@ -181,7 +205,7 @@ def loss_case(size: int, boxes: int, device: torch.device, kind: str) -> Callabl
                 t_masks=masks[0],
                 u_embeddings=embeddings[1],
                 u_low_res=low[1],
-                t_prototypes=box_prototypes(embeddings[0], low[0], pooling="sigmoid"),
+                t_prototypes=box_prototypes(embeddings[0], low[0], pooling=pooling),
                 config=config,
                 num_masks=boxes,
             )
@@ -201,6 +225,20 @@ def count_flops(run: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
+def default_detector(variant: str, size: int) -> str:
+    """The published loop's detector at this size (see :func:`common.detector_config`).
+
+    Full size (S = 1024): ``swin_b``, the model the published code runs, at 800/1333.
+    Reduced input sides scale the detector's input too; there ``swin_t`` (ViT variants)
+    and ``reduced`` (the cpu/tiny SAMs) keep the detector's FLOPs relative to the SAM
+    encoder at or below the full-size ratio (Swin-B 1,062 vs ViT-B 973 GFLOP), so the
+    reduced-size ratios do not favour co2sam.
+    """
+    if size >= 1024:
+        return "swin_b"
+    return "reduced" if variant in ("cpu", "tiny") else "swin_t"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--batch-sizes", default="1,4", help="comma list; 1 is always measured")
@@ -208,8 +246,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--detector",
         default=None,
-        choices=("reduced", "swin_t", "none"),
-        help="reference-style loop's Grounding DINO (default: reduced on CPU, swin_t on GPU)",
+        choices=("reduced", "swin_t", "swin_b", "none"),
+        help="the published loop's Grounding DINO (default: see default_detector)",
+    )
+    parser.add_argument(
+        "--loss-form",
+        default="reference",
+        choices=("reference", "paper"),
+        help="co2sam's loss form (reference: the published form, as the presets train)",
     )
     parser.add_argument(
         "--best-precision",
@@ -229,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--flops", action="store_true", help="count FLOPs and report MFU")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
-    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true", help="no published-loop cases")
     parser.add_argument(
         "--only",
         action="append",
@@ -240,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     device = setup(args)
     on_gpu = device.type == "cuda"
-    detector = args.detector or ("swin_t" if on_gpu else "reduced")
+    detector = args.detector or default_detector(args.variant, args.size)
+    # The trainer's default precision: bf16-mixed on GPU, 32-true on CPU.
+    default_precision = "bf16" if on_gpu else "fp32"
     best_precision = args.best_precision or "bf16"
     batch_sizes = sorted({1, *(int(b) for b in args.batch_sizes.split(",") if b)})
     work = make_work(max(8, 2 * max(batch_sizes)), args.size, boxes_per_image=args.boxes)
@@ -251,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     notes: dict[str, str] = {}
 
     def case(name: str, factory: Callable[[], Callable[[], Any]], batch: int, note: str) -> None:
+        if name in factories:  # the same case under two roles: note both
+            notes[name] += f"; {note}"
+            return
         factories[name], images[name], notes[name] = factory, batch, note
 
     @functools.cache
@@ -262,43 +311,53 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
         return compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
 
-    def reference(with_detector: bool) -> Callable[[], Any]:
+    def published(with_detector: bool) -> Callable[[], Any]:
         prompter = None
         if with_detector:
             folder = Path(tempfile.mkdtemp(prefix="co2sam-bench-"))
             prompter = build_prompter(detector, args.size, device, folder)
-        return reference_case(ReferenceStyleStep(segmenter, prompter), work)
+        return published_case(PublishedStructureStep(segmenter, prompter), work)
 
     def ours(name: str, batch: int, note: str, kind: str = "sdpa", **options: Any) -> None:
         def factory() -> Callable[[], Any]:
             chosen = segmenter if kind == "sdpa" else model(kind)
-            return OursStep(chosen, work, batch, device, **options)
+            return OursStep(chosen, work, batch, device, loss_form=args.loss_form, **options)
 
         case(name, factory, batch, note)
 
+    float32 = "fp32 (TF32 matmuls)" if on_gpu else "fp32"
+    published_names = []
     if not args.skip_reference:
         if detector != "none":
-            name = f"reference-style, detector every step ({detector})"
-            note = "b1 fp32, per-box decode, per-mask losses"
-            case(name, lambda: reference(True), 1, note)
-        case("reference-style + box cache", lambda: reference(False), 1, "no detection in loop")
-    ours("ours b1 fp32 sdpa", 1, "baseline: box cache, batched branches")
+            name = f"published loop, detector every step ({detector})"
+            note = f"b1 {float32}, one detector call per labelled class"
+            case(name, lambda: published(True), 1, note)
+            published_names.append(name)
+        name = "published loop, boxes cached"
+        case(name, lambda: published(False), 1, "no detection in the loop")
+        published_names.append(name)
+    default_cold = f"ours b1 {default_precision} sdpa"
+    default_warm = f"{default_cold} tcache"
+    ours(default_cold, 1, "trainer default, a view's first visit", precision=default_precision)
+    ours(
+        default_warm,
+        1,
+        "trainer default, template cache warm",
+        precision=default_precision,
+        template_cache=True,
+    )
+    ours("ours b1 fp32 sdpa", 1, "box cache, batched branches")
     ours("ours b1 fp32 eager", 1, "eager attention alone", kind="eager")
     ours("ours b1 bf16 sdpa", 1, "bf16 autocast alone", precision="bf16")
     for batch in batch_sizes[1:]:
         ours(f"ours b{batch} fp32 sdpa", batch, "batch alone (ragged boxes)")
     ours("ours b1 fp32 sdpa ckpt", 1, "gradient checkpointing alone", checkpointing=True)
-    ours(
-        "ours b1 fp32 sdpa tcache",
-        1,
-        "template cache alone (all views cached)",
-        template_cache=True,
-    )
+    ours("ours b1 fp32 sdpa tcache", 1, "template cache alone (warm)", template_cache=True)
     if args.compile:
         ours("ours b1 fp32 sdpa compile", 1, "torch.compile encoder alone", kind="compiled")
-    for kind in ("reference", "ours", *(("ours-compiled",) if args.compile else ())):
+    for kind in ("published", "ours", *(("ours-compiled",) if args.compile else ())):
         note = f"{args.boxes} boxes at S x S, fwd + bwd"
-        factory = functools.partial(loss_case, args.size, args.boxes, device, kind)
+        factory = functools.partial(loss_case, args.size, args.boxes, device, kind, args.loss_form)
         case(f"losses only: {kind}", factory, 1, note)
     best_batch = args.best_batch or batch_sizes[-1]
     best_name = f"ours best: b{best_batch} {best_precision} sdpa"
@@ -315,33 +374,46 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; cases: {list(factories)}")
     selected = [name for name in factories if not args.only or name in args.only]
-    cases = {name: factories[name]() for name in selected}
-    seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
-    rows = [row_from_seconds(name, seconds[name], images[name], notes[name]) for name in cases]
+    cases = build_cases({name: factories[name] for name in selected}, device)
+    seconds = round_robin(
+        cases, device, warmup=args.warmup, iterations=args.iterations, clock=args.clock
+    )
+    rows = [
+        row_from_seconds(name, seconds.get(name, []), images[name], notes[name])
+        for name in selected
+    ]
     if not args.no_memory:
         add_memory(rows, cases, device)
 
     env = environment(device)
-    env.update(variant=args.variant, size=args.size, boxes_per_image=args.boxes)
+    env.update(
+        variant=args.variant,
+        size=args.size,
+        boxes_per_image=args.boxes,
+        detector=detector,
+        loss_form=args.loss_form,
+        default_precision=default_precision,
+        clock=args.clock,
+    )
     by_name = {row.name: row for row in rows}
     ratios = {}
-    reference_names = [name for name in by_name if name.startswith("reference-style")]
-    for reference_name in reference_names:
-        for name in ("ours b1 fp32 sdpa", best_name):
-            if name not in by_name:
-                continue
-            ratio = by_name[name].images_per_s / by_name[reference_name].images_per_s
-            ratios[f"{name} / {reference_name}"] = ratio
+    for reference_name in published_names:
+        for name in dict.fromkeys((default_cold, default_warm, best_name)):
+            if name in by_name and reference_name in by_name:
+                ratio = by_name[name].images_per_s / by_name[reference_name].images_per_s
+                ratios[f"{name} / {reference_name}"] = ratio
     if args.flops:
         # FLOPs do not depend on the attention kernel; eager's matmuls are all counted.
         # With the template cache warm, the T-teacher's forward is not run: fewer FLOPs.
         eager = model("eager")
-        flops = count_flops(OursStep(eager, work[:1], 1, device))
-        cached_flops = count_flops(OursStep(eager, work[:1], 1, device, template_cache=True))
+        step = functools.partial(OursStep, eager, work[:1], 1, device, loss_form=args.loss_form)
+        flops = count_flops(step())
+        cached_flops = count_flops(step(template_cache=True))
         env["train_tflop_per_image"] = round(flops / 1e12, 4)
         env["train_tflop_per_image_tcache"] = round(cached_flops / 1e12, 4)
         fastest = max(
-            (row for row in rows if row.name.startswith("ours")), key=lambda r: r.images_per_s
+            (row for row in rows if row.name.startswith("ours") and row.images_per_s > 0),
+            key=lambda r: r.images_per_s,
         )
         executed = cached_flops if fastest.name.endswith("tcache") else flops
         achieved = executed * fastest.images_per_s / 1e12

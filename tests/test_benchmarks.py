@@ -5,7 +5,10 @@ case produces a finite, positive throughput and that the printed table lists the
 """
 
 import importlib
+import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,14 +49,17 @@ def test_train_step_main(benchmarks, capsys, tmp_path):
     printed = capsys.readouterr().out
     _check_rows(result, printed)
     names = [row.name for row in result["rows"]]
-    assert any(name.startswith("reference-style, detector") for name in names)
+    assert "published loop, detector every step (reduced)" in names
+    assert "published loop, boxes cached" in names and "losses only: published" in names
     assert "ours b2 fp32 sdpa" in names and "losses only: ours" in names
     assert "ours b1 fp32 sdpa tcache" in names and "ours best: b2 bf16 sdpa tcache" in names
-    assert all(ratio > 0 for ratio in result["ratios"].values()) and len(result["ratios"]) == 4
+    # 2 published cases x (default first visit, default warm cache, best)
+    assert all(ratio > 0 for ratio in result["ratios"].values()) and len(result["ratios"]) == 6
     env = result["environment"]
     # the warm template cache skips the T-teacher's forward: fewer FLOPs per image
     assert 0 < env["train_tflop_per_image_tcache"] < env["train_tflop_per_image"]
     assert "ratio ours b1 fp32 sdpa" in printed and out.is_file()
+    assert env["default_precision"] == "fp32" and env["loss_form"] == "reference"
 
 
 def test_train_step_only_selects_cases(benchmarks, capsys):
@@ -100,3 +106,85 @@ def test_same_weights_for_both_attention_implementations(benchmarks):
         out_sdpa = sdpa.base_model.model.vision_encoder(pixels).last_hidden_state
         out_eager = eager.base_model.model.vision_encoder(pixels).last_hidden_state
     assert torch.allclose(out_sdpa, out_eager, atol=1e-4)
+
+
+def test_published_loop_computes_co2sams_reference_loss(benchmarks):
+    """Same weights, same image: the baseline and co2sam's step give the same total loss."""
+    common, train_step = benchmarks["common"], benchmarks["train_step"]
+    reference_loop = importlib.import_module("reference_loop")
+    segmenter = common.build_segmenter("tiny", 128, torch.device("cpu"))
+    with torch.no_grad():  # LoRA away from zero, so a misplaced LoRA term would show
+        for name, param in segmenter.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    step = reference_loop.PublishedStructureStep(segmenter, None)
+    with torch.no_grad():  # the published template model is the LoRA model at start (B = 0)
+        for name, param in step.template.named_parameters():
+            if ".b_q." in name or ".b_v." in name:
+                param.zero_()
+    work = common.make_work(2, 128)[0]
+    model = step.model
+    weak = model.preprocess([work.image])
+    strong = model.preprocess([train_step.strong_view(work.image)])
+    boxes = model.scale_boxes(torch.from_numpy(work.boxes), weak.original_sizes[0])
+    with torch.no_grad():
+        template = reference_loop._model_call(step.template, weak.pixel_values, boxes)
+    u_teacher = reference_loop._model_call(model, weak.pixel_values, boxes)
+    student = reference_loop._model_call(model, strong.pixel_values, boxes)
+    published = reference_loop.published_losses(template, u_teacher, student, beta=30.0)
+
+    ours = train_step.OursStep(segmenter, [work], 1, torch.device("cpu"), loss_form="reference")
+    total, _ = train_step.training_step(
+        segmenter, train_step.train_batch([work]), ours.loss_config, None
+    )
+    assert torch.allclose(total, published, rtol=1e-5), (float(total), float(published))
+    # the baseline's fused-qkv LoRA and co2sam's split q/k/v LoRA train the same parameters
+    lora = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in lora) == sum(p.numel() for p in segmenter.trainable_parameters())
+
+
+def test_work_follows_the_labels_histogram(benchmarks):
+    common = benchmarks["common"]
+    items = common.make_work(400, 128, boxes_per_image=3)
+    counts = [len(item.labels) for item in items]
+    expected = sum(k * share for k, share in common.VOC_LABELS_PER_IMAGE.items())
+    assert abs(sum(counts) / len(counts) - expected) < 0.1
+    for item in items:
+        assert set(item.classes.tolist()) == set(item.labels)  # every label has a box
+        assert len(item.boxes) >= len(item.labels)
+
+
+def test_round_robin_drops_a_case_that_runs_out_of_memory(benchmarks):
+    common = benchmarks["common"]
+    calls = []
+
+    def fails():
+        raise torch.OutOfMemoryError("simulated")
+
+    cases = {"ok": lambda: calls.append(1), "oom": fails}
+    seconds = common.round_robin(cases, torch.device("cpu"), warmup=1, iterations=2)
+    assert list(cases) == ["ok"] and len(seconds["ok"]) == 2 and seconds["oom"] == []
+    row = common.row_from_seconds("oom", seconds["oom"], 1)
+    assert math.isnan(row.images_per_s) and row.notes.startswith("out of memory")
+
+
+def test_gpu_script_dry_run(tmp_path):
+    """benchmarks/gpu.sh end to end on the CPU with a tiny model (--dry-run)."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--dry-run", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results = (tmp_path / "gpu_results.md").read_text()
+    assert "DRY RUN" in results and "exit status" not in results
+    for title in ("Training step, SAM ViT-B", "Inference, SAM ViT-B", "Memory, SAM ViT-H"):
+        assert f"## {title}" in results
+    assert "| published loop, detector every step (reduced) |" in results
+    assert "'ours best: b1 bf16 sdpa ckpt'" in results  # the command, quoted as typed
+    assert "| ours best: b1 bf16 sdpa ckpt |" in results and "| b1 fp32 sdpa |" in results
+    for name in ("train_vit_b.json", "infer_vit_b.json", "memory_vit_h.json"):
+        assert json.loads((tmp_path / name).read_text())["rows"]
