@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -27,6 +28,7 @@ import platform
 import statistics
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,10 +295,34 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+FAILURES: dict[str, str] = {}
+"""Why a case was dropped (name -> reason), for its row's notes."""
+
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 """``wall``: elapsed time (what a user waits for; the default). ``process``: CPU time of
 this process, all its threads together: on a CPU shared with other work it counts the
 work done rather than the waiting (1 thread: close to the wall time of a quiet machine)."""
+
+
+def _attempt(name: str, function: Callable[[], Any], device: torch.device) -> tuple[bool, Any]:
+    """Run ``function``; on an error, print it (traceback to the log), free memory, go on.
+
+    Returns ``(True, result)`` or ``(False, "out of memory" | "failed: Type: message")``.
+    One broken or too-large case must not cost the other cases of a one-shot GPU run.
+    """
+    try:
+        return True, function()
+    except Exception as error:  # noqa: BLE001 - reported, then the run goes on
+        if isinstance(error, torch.OutOfMemoryError):
+            reason = "out of memory"
+        else:
+            reason = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            traceback.print_exc()
+        print(f"case {name!r}: {reason}; dropped", flush=True)
+        _release_heap()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False, reason
 
 
 def round_robin(
@@ -313,8 +339,8 @@ def round_robin(
     measured while it lasted. Each case is first called ``warmup`` times. ``clock``: a
     key of :data:`CLOCKS` (``process`` only on CPU: it cannot see GPU work).
 
-    A case that runs out of memory is dropped from ``cases`` (its memory freed) and
-    gets an empty list: :func:`row_from_seconds` reports it as such, the others go on.
+    A case that raises (out of memory, say) is dropped from ``cases`` and gets an empty
+    list (:func:`row_from_seconds` reports it); the reason is kept in :data:`FAILURES`.
     """
     if clock == "process" and device.type != "cpu":
         raise ValueError("--clock process measures CPU time: use it with --device cpu")
@@ -323,22 +349,24 @@ def round_robin(
 
     def call(name: str) -> float | None:
         start = now()
-        try:
+
+        def timed() -> None:
             cases[name]()
             synchronize(device)
-        except torch.OutOfMemoryError:
-            print(f"case {name!r}: out of memory, dropped", flush=True)
+
+        ok, reason = _attempt(name, timed, device)
+        if not ok:
+            FAILURES[name] = reason
             del cases[name]
-            _release_heap()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
             return None
         return now() - start
 
     for name in list(cases):
+        started = time.perf_counter()
         for _ in range(warmup):
             if call(name) is None:
                 break
+        print(f"warm: {name} ({time.perf_counter() - started:.1f} s)", flush=True)
     for _ in range(iterations):
         for name in list(cases):
             elapsed = call(name)
@@ -425,15 +453,12 @@ def measure_memory(run: Callable[[], Any], device: torch.device) -> PeakMemory:
 def add_memory(rows: Sequence[Row], cases: dict[str, Callable[[], Any]], device: torch.device):
     """One more call of each case, alone, to fill the rows' memory columns."""
     for row in rows:
-        if row.name not in cases:  # dropped: out of memory
+        if row.name not in cases:  # dropped
             continue
-        try:
-            memory = measure_memory(cases[row.name], device)
-        except torch.OutOfMemoryError:
-            row.notes = f"out of memory in the memory pass; {row.notes}"
-            _release_heap()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        measure = functools.partial(measure_memory, cases[row.name], device)
+        ok, memory = _attempt(row.name, measure, device)
+        if not ok:
+            row.notes = f"memory pass {memory}; {row.notes}"
             continue
         row.peak_mib, row.memory_kind = memory.peak_mib, memory.kind
         row.extra["resident_mib"] = memory.resident_mib
@@ -458,26 +483,25 @@ class Row:
 def build_cases(
     factories: dict[str, Callable[[], Callable[[], Any]]], device: torch.device
 ) -> dict[str, Callable[[], Any]]:
-    """Call each factory (models are built, caches warmed); one out of memory is skipped."""
+    """Call each factory (models are built, caches warmed); one that fails is dropped."""
     cases = {}
     for name, factory in factories.items():
-        try:
-            cases[name] = factory()
-        except torch.OutOfMemoryError:
-            print(f"case {name!r}: out of memory while setting up, dropped", flush=True)
-            _release_heap()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        ok, value = _attempt(name, factory, device)
+        if ok:
+            cases[name] = value
+        else:
+            FAILURES[name] = f"{value} (while setting up)"
     return cases
 
 
 def row_from_seconds(
     name: str, seconds: Sequence[float], images_per_call: int, notes: str = ""
 ) -> Row:
-    """Throughput from the median seconds per call (NaN for a case that ran out of memory)."""
+    """Throughput from the median seconds per call (NaN for a case that failed)."""
     if not seconds:
         nan = float("nan")
-        return Row(name, nan, nan, notes=f"out of memory; {notes}", extra={"calls": 0})
+        reason = FAILURES.get(name, "not run")
+        return Row(name, nan, nan, notes=f"{reason}; {notes}", extra={"calls": 0})
     per_call = median(seconds)
     return Row(
         name=name,

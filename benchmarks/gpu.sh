@@ -4,7 +4,9 @@
 #      (Grounding DINO Swin-B every step), each optimisation alone, FLOPs and MFU;
 #   2. inference (evaluate_model), ViT-B at 1024, by batch size and precision;
 #   3. memory of one ViT-H training step at batch 1 in bf16, with and without
-#      gradient checkpointing ("does it fit in 40 GB?": peak + resident).
+#      gradient checkpointing ("does it fit in 40 GB?": peak + resident);
+#   4. `co2sam demo --quick` on the GPU: the product end to end (Fabric, bf16-mixed
+#      training, evaluation), its table and wall time (not in --dry-run).
 # Weights are random (speed and memory do not depend on their values): nothing is
 # downloaded. Each part has its own time limit, so a slow part cannot eat the others.
 #
@@ -13,8 +15,8 @@
 #
 # Writes OUT_DIR/gpu_results.md (the tables, with the commands, to paste into
 # benchmarks/RESULTS.md), one JSON file per part and the full log. OUT_DIR defaults to
-# gpu-results/. Needs python with torch (CUDA build), transformers and peft; co2sam is
-# taken from src/ when it is not installed (PYTHON=... picks the interpreter).
+# gpu-results/. Needs python with torch (CUDA build) and co2sam's dependencies; co2sam
+# is taken from src/ when it is not installed (PYTHON=... picks the interpreter).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,19 +35,19 @@ log="$out/gpu_log.txt"
 : >"$log"
 
 if [ "$dry_run" = 1 ]; then
-  common=(--device cpu --variant tiny --size 128 --threads 1 --iterations 1 --warmup 0)
+  common=(--device cpu --variant tiny --size 128 --threads 1 --warmup 0)
   # a few cases only: tests/test_benchmarks.py builds every case of each script
-  train_extra=(--batch-sizes 1,2 --boxes 2 --detector reduced --no-memory
+  train_extra=(--iterations 1 --batch-sizes 1,2 --boxes 2 --detector reduced --no-memory
     --only "published loop, detector every step (reduced)" --only "ours b1 fp32 sdpa")
-  infer_extra=(--images 2 --batch-sizes 1 --precisions fp32 --no-memory)
+  infer_extra=(--iterations 1 --images 2 --batch-sizes 1 --precisions fp32 --no-memory)
   big=(--device cpu --variant tiny --size 128 --threads 1 --iterations 1 --warmup 0)
   limit_train=300 limit_infer=120 limit_big=120
 else
-  common=(--device cuda --variant vit_b --size 1024 --iterations 10 --warmup 2)
-  train_extra=(--batch-sizes 1,4,8 --flops)
-  infer_extra=(--images 32 --batch-sizes 1,4,8,16 --flops)
+  common=(--device cuda --variant vit_b --size 1024 --warmup 2)
+  train_extra=(--iterations 6 --batch-sizes 1,4,8 --flops)
+  infer_extra=(--iterations 3 --images 32 --batch-sizes 1,4,16 --flops)
   big=(--device cuda --variant vit_h --size 1024 --iterations 3 --warmup 1)
-  limit_train=270 limit_infer=110 limit_big=130
+  limit_train=270 limit_infer=110 limit_big=130 limit_demo=120
 fi
 
 {
@@ -82,9 +84,11 @@ run() {  # run LIMIT TITLE -- command...: time-limited, output to the log and th
     echo '```'
   } >>"$results"
   echo "=== $title: $*" >>"$log"
+  local started=$SECONDS
   timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log" |
-    grep -E '^(\||###|ratio |memory:|device:|case |$)' | cat -s >>"$results"
+    grep -E '^(\||###|ratio |memory:|device:|case |co2sam demo|[┏┃┡│├└]|$)' | cat -s >>"$results"
   local status=${PIPESTATUS[0]}
+  echo "(${title}: $((SECONDS - started)) s in all, models built and cases set up included)" >>"$results"
   if [ "$status" != 0 ]; then
     echo "**exit status $status** (124: stopped at the ${limit} s limit)" >>"$results"
   fi
@@ -103,5 +107,13 @@ run "$limit_big" "Memory, SAM ViT-H, one bf16 step at batch 1" -- "$python" \
   benchmarks/train_step.py "${big[@]}" --skip-reference --batch-sizes 1 --best-batch 1 \
   --best-no-cache --best-checkpointing --only "ours b1 bf16 sdpa" \
   --only "ours best: b1 bf16 sdpa ckpt" --json "$out/memory_vit_h.json"
+
+if [ "$dry_run" = 0 ]; then
+  demo_dir=$(mktemp -d)
+  run "$limit_demo" "co2sam demo --quick on the GPU" -- "$python" -c \
+    "from co2sam.cli import app; app()" demo --quick --no-progress --out "$demo_dir/run" \
+    --set train.accelerator=cuda --set train.precision=bf16-mixed
+  cp "$demo_dir/run/report.json" "$out/demo_report.json" 2>/dev/null
+fi
 
 echo "results: $results"

@@ -154,18 +154,25 @@ def test_work_follows_the_labels_histogram(benchmarks):
         assert len(item.boxes) >= len(item.labels)
 
 
-def test_round_robin_drops_a_case_that_runs_out_of_memory(benchmarks):
+def test_round_robin_drops_cases_that_fail(benchmarks, capsys):
     common = benchmarks["common"]
     calls = []
 
-    def fails():
+    def out_of_memory():
         raise torch.OutOfMemoryError("simulated")
 
-    cases = {"ok": lambda: calls.append(1), "oom": fails}
+    def broken():
+        raise RuntimeError("unsafe to autocast\nmore detail")
+
+    cases = {"ok": lambda: calls.append(1), "oom": out_of_memory, "broken": broken}
     seconds = common.round_robin(cases, torch.device("cpu"), warmup=1, iterations=2)
-    assert list(cases) == ["ok"] and len(seconds["ok"]) == 2 and seconds["oom"] == []
+    assert list(cases) == ["ok"] and len(seconds["ok"]) == 2 and len(calls) == 3
+    assert seconds["oom"] == [] and seconds["broken"] == []
     row = common.row_from_seconds("oom", seconds["oom"], 1)
     assert math.isnan(row.images_per_s) and row.notes.startswith("out of memory")
+    row = common.row_from_seconds("broken", seconds["broken"], 1)
+    assert row.notes.startswith("failed: RuntimeError: unsafe to autocast;")
+    assert "case 'broken': failed" in capsys.readouterr().out
 
 
 def test_gpu_script_dry_run(tmp_path):

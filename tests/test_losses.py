@@ -46,6 +46,27 @@ def test_reference_focal_on_mean_bce():
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("compat", ["paper", "reference"])
+def test_losses_run_under_autocast_as_cuda_allows(compat, monkeypatch):
+    """CUDA autocast refuses binary_cross_entropy on probabilities (CPU autocast does not):
+    emulate that refusal, then train-step losses must still run in bf16 autocast."""
+    plain = torch.nn.functional.binary_cross_entropy
+
+    def refuse_under_autocast(*args, **kwargs):
+        if torch.is_autocast_enabled("cpu"):
+            raise RuntimeError("binary_cross_entropy is unsafe to autocast")
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy", refuse_under_autocast)
+    inputs = _image_inputs()
+    config = LossConfig(compat=compat)
+    expected = image_losses(**inputs, config=config, num_masks=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = image_losses(**inputs, config=config, num_masks=2)
+    assert losses["focal"].dtype == torch.float32
+    assert losses["focal"].item() == pytest.approx(expected["focal"].item(), rel=1e-3)
+
+
 def test_dice_per_mask_and_reference_flattened():
     # paper: intersection 1.25, sum p 2.5, sum t 2 -> 1 - 3.5 / 5.5
     assert dice_loss(LOGITS, TARGET, smooth=1.0).item() == pytest.approx(4 / 11, rel=1e-5)

@@ -191,10 +191,12 @@ def reference_focal_loss(
     """The published focal loss: all masks flattened together, on the MEAN BCE (scalar).
 
     ``alpha * (1 - exp(-BCE))**gamma * BCE``, BCE = mean binary cross-entropy over
-    every pixel of every mask in ``logits`` (N, H, W).
+    every pixel of every mask in ``logits`` (N, H, W). Computed in float32 with autocast
+    off: CUDA autocast refuses ``binary_cross_entropy`` on probabilities.
     """
     prob = logits.float().sigmoid().clamp(0, 1).reshape(-1)
-    bce = F.binary_cross_entropy(prob, targets.float().reshape(-1), reduction="mean")
+    with torch.autocast(prob.device.type, enabled=False):
+        bce = F.binary_cross_entropy(prob, targets.float().reshape(-1), reduction="mean")
     return alpha * (1 - torch.exp(-bce)) ** gamma * bce
 
 
