@@ -108,18 +108,25 @@ def build_segmenter(
     size: int | None,
     device: torch.device,
     *,
-    attention: str = "sdpa",
+    attention: str = "auto",
     seed: int = 0,
     lora: bool = True,
 ) -> Any:
     """A :class:`co2sam.sam.Segmenter` around :func:`build_model`, on ``device``.
 
-    The same (variant, size, seed) gives the same weights for either attention.
+    attention: a ``model.attention`` kind (co2sam.models.attention; ``auto`` is what co2sam
+    runs by default: ``folded`` on CUDA, ``sdpa`` on CPU). The same (variant, size, seed)
+    gives the same weights for every attention.
     """
     from co2sam.sam import Segmenter
 
-    model = build_model(variant, size, attention=attention, seed=seed, lora=lora)
-    return Segmenter(model).to(device)
+    model = build_model(variant, size, seed=seed, lora=lora)
+    return Segmenter(model, attention=attention).to(device)
+
+
+def auto_attention(device: torch.device) -> str:
+    """What ``model.attention: auto`` computes on ``device`` (for case names)."""
+    return "folded" if device.type == "cuda" else "sdpa"
 
 
 def compile_encoder(segmenter: Any) -> Any:
@@ -462,6 +469,26 @@ def add_memory(rows: Sequence[Row], cases: dict[str, Callable[[], Any]], device:
             continue
         row.peak_mib, row.memory_kind = memory.peak_mib, memory.kind
         row.extra["resident_mib"] = memory.resident_mib
+
+
+def print_profile(name: str, run: Callable[[], Any], device: torch.device, rows: int = 20) -> None:
+    """torch.profiler over two calls of ``run``: the top ``rows`` ops by self time on the
+    device (CUDA kernels) or the CPU, to see where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    run()
+    synchronize(device)
+    with profile(activities=activities) as profiler:
+        for _ in range(2):
+            run()
+        synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n### profile: {name} (2 calls)")
+    table = profiler.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    print("\n".join(f"    {line}" for line in table.splitlines()))
 
 
 # ----------------------------------------------------------------------------- reports

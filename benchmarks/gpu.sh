@@ -42,12 +42,14 @@ if [ "$dry_run" = 1 ]; then
   infer_extra=(--iterations 1 --images 2 --batch-sizes 1 --precisions fp32 --no-memory)
   big=(--device cpu --variant tiny --size 128 --threads 1 --iterations 1 --warmup 0)
   limit_train=300 limit_infer=120 limit_big=120
+  att=sdpa  # model.attention auto on a CPU
 else
   common=(--device cuda --variant vit_b --size 1024 --warmup 2)
-  train_extra=(--iterations 6 --batch-sizes 1,4,8 --flops)
+  train_extra=(--iterations 6 --batch-sizes 1,4,8 --flops --profile "ours b1 bf16 folded")
   infer_extra=(--iterations 3 --images 32 --batch-sizes 1,4,16 --flops)
   big=(--device cuda --variant vit_h --size 1024 --iterations 3 --warmup 1)
   limit_train=270 limit_infer=110 limit_big=130 limit_demo=120
+  att=folded  # model.attention auto on CUDA
 fi
 
 {
@@ -86,7 +88,8 @@ run() {  # run LIMIT TITLE -- command...: time-limited, output to the log and th
   echo "=== $title: $*" >>"$log"
   local started=$SECONDS
   timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log" |
-    grep -E '^(\||###|ratio |memory:|device:|case |co2sam demo|[┏┃┡│├└]|$)' | cat -s >>"$results"
+    grep -E '^(\||###|ratio |memory:|device:|case |co2sam demo|[┏┃┡│├└]|    |$)' |
+    cat -s >>"$results"
   local status=${PIPESTATUS[0]}
   echo "(${title}: $((SECONDS - started)) s in all, models built and cases set up included)" >>"$results"
   if [ "$status" != 0 ]; then
@@ -105,8 +108,8 @@ run "$limit_infer" "Inference, SAM ViT-B" -- "$python" benchmarks/inference.py \
 # --best-no-cache: the T-teacher's forward runs too, the worst case for memory.
 run "$limit_big" "Memory, SAM ViT-H, one bf16 step at batch 1" -- "$python" \
   benchmarks/train_step.py "${big[@]}" --skip-reference --batch-sizes 1 --best-batch 1 \
-  --best-no-cache --best-checkpointing --only "ours b1 bf16 sdpa" \
-  --only "ours best: b1 bf16 sdpa ckpt" --json "$out/memory_vit_h.json"
+  --best-no-cache --best-checkpointing --only "ours b1 bf16 $att" \
+  --only "ours best: b1 bf16 $att ckpt" --json "$out/memory_vit_h.json"
 
 if [ "$dry_run" = 0 ]; then
   demo_dir=$(mktemp -d)

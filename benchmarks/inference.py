@@ -3,7 +3,7 @@
 Times ``co2sam.evaluate.evaluate_model`` (the code path of ``co2sam evaluate`` and of
 training's validation) over an in-memory set of random images with cached boxes (a
 dict lookup: no detector, no image decoding), by batch size and precision, with eager
-vs SDPA attention and optionally torch.compile of the image encoder. Examples::
+vs SDPA vs folded attention and optionally torch.compile of the image encoder. Examples::
 
     python benchmarks/inference.py                        # CPU, reduced SAM at 256
     python benchmarks/inference.py --device cuda --variant vit_b --size 1024 \\
@@ -28,6 +28,7 @@ from common import (  # noqa: E402
     H100_BF16_DENSE_TFLOPS,
     Work,
     add_memory,
+    auto_attention,
     autocast,
     build_segmenter,
     common_arguments,
@@ -120,20 +121,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dataset = MemoryDataset(make_work(args.images, args.size, boxes_per_image=args.boxes))
 
     segmenter = build_segmenter(args.variant, args.size, device, seed=args.seed)
-    eager = build_segmenter(args.variant, args.size, device, attention="eager", seed=args.seed)
+    att = auto_attention(device)  # what co2sam runs by default on this device
+    other = "sdpa" if att == "folded" else "folded"
     cases: dict[str, Callable[[], Any]] = {}
     notes: dict[str, str] = {}
     for precision in precisions:
         for batch in batch_sizes:
-            name = f"b{batch} {precision} sdpa"
+            name = f"b{batch} {precision} {att}"
             cases[name] = evaluation_case(segmenter, dataset, batch, precision, modes)
             notes[name] = "box cache"
-    first = batch_sizes[0]
-    cases[f"b{first} fp32 eager"] = evaluation_case(eager, dataset, first, "fp32", modes)
-    notes[f"b{first} fp32 eager"] = "eager attention alone"
+    first, last = batch_sizes[0], batch_sizes[-1]
+    models = {}
+    for kind, precision, batch in (("eager", "fp32", first), (other, precisions[-1], last)):
+        models[kind] = build_segmenter(
+            args.variant, args.size, device, attention=kind, seed=args.seed
+        )
+        name = f"b{batch} {precision} {kind}"
+        cases[name] = evaluation_case(models[kind], dataset, batch, precision, modes)
+        notes[name] = f"{kind} attention alone"
     if args.compile:
         compiled = compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
-        name = f"b{first} fp32 sdpa compile"
+        name = f"b{first} fp32 {att} compile"
         cases[name] = evaluation_case(compiled, dataset, first, "fp32", modes)
         notes[name] = "torch.compile encoder alone"
 
@@ -153,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
-            evaluation_case(eager, dataset, first, "fp32", modes)()
+            evaluation_case(models["eager"], dataset, first, "fp32", modes)()
         flops = counter.get_total_flops() / len(dataset)
         env["inference_tflop_per_image"] = round(flops / 1e12, 4)
         achieved = flops * best.images_per_s / 1e12

@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     H100_BF16_DENSE_TFLOPS,
     Work,
     add_memory,
+    auto_attention,
     autocast,
     build_cases,
     build_prompter,
@@ -53,6 +54,7 @@ from common import (  # noqa: E402
     compile_encoder,
     environment,
     make_work,
+    print_profile,
     print_table,
     round_robin,
     row_from_seconds,
@@ -279,7 +281,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         help="run only this case, by its printed name (repeatable), e.g. "
-        "--only 'ours b1 fp32 sdpa' for a ViT-H memory check",
+        "--only 'ours b1 fp32 sdpa' for a ViT-H memory check (names: see the printed table)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        help="after timing, print a torch.profiler table of this case (repeatable)",
     )
     args = parser.parse_args(argv)
     device = setup(args)
@@ -304,12 +312,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     @functools.cache
     def model(kind: str) -> Any:
-        """Another segmenter with the same weights: ``eager`` attention or ``compiled``."""
-        if kind == "eager":
-            return build_segmenter(
-                args.variant, args.size, device, attention="eager", seed=args.seed
-            )
-        return compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
+        """Another segmenter with the same weights: an attention kind, or ``compiled``."""
+        if kind == "compiled":
+            return compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
+        return build_segmenter(args.variant, args.size, device, attention=kind, seed=args.seed)
 
     def published(with_detector: bool) -> Callable[[], Any]:
         prompter = None
@@ -318,9 +324,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             prompter = build_prompter(detector, args.size, device, folder)
         return published_case(PublishedStructureStep(segmenter, prompter), work)
 
-    def ours(name: str, batch: int, note: str, kind: str = "sdpa", **options: Any) -> None:
+    def ours(name: str, batch: int, note: str, kind: str = "auto", **options: Any) -> None:
         def factory() -> Callable[[], Any]:
-            chosen = segmenter if kind == "sdpa" else model(kind)
+            chosen = segmenter if kind == "auto" else model(kind)
             return OursStep(chosen, work, batch, device, loss_form=args.loss_form, **options)
 
         case(name, factory, batch, note)
@@ -336,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name = "published loop, boxes cached"
         case(name, lambda: published(False), 1, "no detection in the loop")
         published_names.append(name)
-    default_cold = f"ours b1 {default_precision} sdpa"
+    # co2sam's default attention (model.attention: auto) on this device, and the other.
+    att = auto_attention(device)
+    other = "sdpa" if att == "folded" else "folded"
+    default_cold = f"ours b1 {default_precision} {att}"
     default_warm = f"{default_cold} tcache"
     ours(default_cold, 1, "trainer default, a view's first visit", precision=default_precision)
     ours(
@@ -346,21 +355,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         precision=default_precision,
         template_cache=True,
     )
-    ours("ours b1 fp32 sdpa", 1, "box cache, batched branches")
+    ours(f"ours b1 fp32 {att}", 1, "box cache, batched branches")
     ours("ours b1 fp32 eager", 1, "eager attention alone", kind="eager")
-    ours("ours b1 bf16 sdpa", 1, "bf16 autocast alone", precision="bf16")
+    ours(f"ours b1 {default_precision} {other}", 1, f"{other} attention alone", kind=other)
+    ours(f"ours b1 bf16 {att}", 1, "bf16 autocast alone", precision="bf16")
     for batch in batch_sizes[1:]:
-        ours(f"ours b{batch} fp32 sdpa", batch, "batch alone (ragged boxes)")
-    ours("ours b1 fp32 sdpa ckpt", 1, "gradient checkpointing alone", checkpointing=True)
-    ours("ours b1 fp32 sdpa tcache", 1, "template cache alone (warm)", template_cache=True)
+        ours(f"ours b{batch} fp32 {att}", batch, "batch alone (ragged boxes)")
+    ours(f"ours b1 fp32 {att} ckpt", 1, "gradient checkpointing alone", checkpointing=True)
+    ours(f"ours b1 fp32 {att} tcache", 1, "template cache alone (warm)", template_cache=True)
     if args.compile:
-        ours("ours b1 fp32 sdpa compile", 1, "torch.compile encoder alone", kind="compiled")
+        ours(f"ours b1 fp32 {att} compile", 1, "torch.compile encoder alone", kind="compiled")
     for kind in ("published", "ours", *(("ours-compiled",) if args.compile else ())):
         note = f"{args.boxes} boxes at S x S, fwd + bwd"
         factory = functools.partial(loss_case, args.size, args.boxes, device, kind, args.loss_form)
         case(f"losses only: {kind}", factory, 1, note)
     best_batch = args.best_batch or batch_sizes[-1]
-    best_name = f"ours best: b{best_batch} {best_precision} sdpa"
+    best_name = f"ours best: b{best_batch} {best_precision} {att}"
     best_name += " ckpt" if args.best_checkpointing else ""
     best_name += " tcache" if not args.best_no_cache else ""
     best_options = {
@@ -370,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     ours(best_name, best_batch, "winners together", **best_options)
 
-    unknown = sorted(set(args.only) - set(factories))
+    unknown = sorted(set(args.only + args.profile) - set(factories))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; cases: {list(factories)}")
     selected = [name for name in factories if not args.only or name in args.only]
@@ -422,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if on_gpu:
             env["mfu_vs_peak"] = round(achieved / args.peak_tflops, 4)
     print_table("training step", rows, env)
+    for name in args.profile:
+        if name in cases:
+            print_profile(name, cases[name], device)
     for label, ratio in ratios.items():
         print(f"ratio {label}: {ratio:.2f}x")
     result = {"benchmark": "train_step", "environment": env, "rows": rows, "ratios": ratios}

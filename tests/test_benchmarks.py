@@ -75,7 +75,8 @@ def test_inference_main_with_memory(benchmarks, capsys):
     )
     printed = capsys.readouterr().out
     _check_rows(result, printed)
-    assert [row.name for row in result["rows"]] == ["b1 fp32 sdpa", "b2 fp32 sdpa", "b1 fp32 eager"]
+    names = [row.name for row in result["rows"]]
+    assert names == ["b1 fp32 sdpa", "b2 fp32 sdpa", "b1 fp32 eager", "b2 fp32 folded"]
     for row in result["rows"]:
         assert row.memory_kind == "cpu-peak-rss-delta" and math.isfinite(row.peak_mib)
         assert row.extra["resident_mib"] > 0
@@ -191,7 +192,7 @@ def test_gpu_script_dry_run(tmp_path):
     for title in ("Training step, SAM ViT-B", "Inference, SAM ViT-B", "Memory, SAM ViT-H"):
         assert f"## {title}" in results
     assert "| published loop, detector every step (reduced) |" in results
-    assert "'ours best: b1 bf16 sdpa ckpt'" in results  # the command, quoted as typed
+    assert "'ours best: b1 bf16 sdpa ckpt'" in results  # the command, quoted as typed (CPU)
     assert "| ours best: b1 bf16 sdpa ckpt |" in results and "| b1 fp32 sdpa |" in results
     for name in ("train_vit_b.json", "infer_vit_b.json", "memory_vit_h.json"):
         assert json.loads((tmp_path / name).read_text())["rows"]

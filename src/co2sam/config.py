@@ -42,10 +42,15 @@ class ModelConfig:
     """Recompute encoder activations in the backward pass (saves memory, ViT-H)."""
     compile: bool = False
     """``torch.compile`` the image encoder for training (off: it did not win on CPU)."""
+    attention: str = "auto"
+    """Image-encoder attention: ``auto`` (the relative-position bias folded into q and k
+    on CUDA, flash kernels; transformers' SDPA on CPU), ``folded``, ``sdpa`` or ``eager``.
+    All compute the same function (float rounding apart)."""
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:
             raise ConfigError(f"model.lora_rank must be >= 1, got {self.lora_rank}")
+        _check_choice("model.attention", self.attention, ("auto", "folded", "sdpa", "eager"))
 
 
 @dataclass

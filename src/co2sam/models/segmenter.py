@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import SamModel
 
+from co2sam.models.attention import set_attention
 from co2sam.models.lora import lora_parameters
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -68,11 +69,21 @@ class Segmenter(nn.Module):
     ``encode`` keeps gradients (LoRA trains through it); ``decode`` runs the prompt
     encoder and mask decoder with one mask per box (``multimask_output=False``).
     Works on any device the model is on and under ``torch.autocast``.
+
+    attention: how the image encoder computes attention (:mod:`co2sam.models.attention`;
+    ``auto`` folds the relative-position bias into q and k on CUDA).
     """
 
-    def __init__(self, model: SamModel | PeftModel, *, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        model: SamModel | PeftModel,
+        *,
+        gradient_checkpointing: bool = False,
+        attention: str = "auto",
+    ):
         super().__init__()
         self.model = model
+        set_attention(self.sam.vision_encoder, attention)
         self.gradient_checkpointing = gradient_checkpointing
         """Recompute encoder blocks in the backward pass (``use_reentrant=False``)."""
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)

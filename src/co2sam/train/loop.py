@@ -111,7 +111,11 @@ def build_segmenter(config: Co2SamConfig) -> Any:
         model = load_adapter(sam, config.model.adapter)
     else:
         model = attach_lora(sam, rank=config.model.lora_rank, alpha=config.model.lora_alpha)
-    segmenter = Segmenter(model, gradient_checkpointing=config.model.gradient_checkpointing)
+    segmenter = Segmenter(
+        model,
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        attention=config.model.attention,
+    )
     if config.model.compile:
         # In place: the encoder's forward is compiled on first use (benchmarks: no win on
         # CPU, measure on your GPU with benchmarks/train_step.py --compile).
