@@ -124,9 +124,10 @@ def build_segmenter(
     return Segmenter(model, attention=attention).to(device)
 
 
-def auto_attention(device: torch.device) -> str:
-    """What ``model.attention: auto`` computes on ``device`` (for case names)."""
-    return "folded" if device.type == "cuda" else "sdpa"
+def auto_attention(device: torch.device, precision: str) -> str:
+    """What ``model.attention: auto`` computes on ``device`` in ``precision`` (case names):
+    ``folded`` in bf16 on CUDA, ``sdpa`` otherwise (co2sam.models.attention.AutoAttention)."""
+    return "folded" if device.type == "cuda" and precision == "bf16" else "sdpa"
 
 
 def compile_encoder(segmenter: Any) -> Any:

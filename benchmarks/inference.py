@@ -121,13 +121,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     dataset = MemoryDataset(make_work(args.images, args.size, boxes_per_image=args.boxes))
 
     segmenter = build_segmenter(args.variant, args.size, device, seed=args.seed)
-    att = auto_attention(device)  # what co2sam runs by default on this device
-    other = "sdpa" if att == "folded" else "folded"
+    # what co2sam's default attention computes here, by precision; the other at the end
+    att = {precision: auto_attention(device, precision) for precision in precisions}
+    other = "sdpa" if att[precisions[-1]] == "folded" else "folded"
     cases: dict[str, Callable[[], Any]] = {}
     notes: dict[str, str] = {}
     for precision in precisions:
         for batch in batch_sizes:
-            name = f"b{batch} {precision} {att}"
+            name = f"b{batch} {precision} {att[precision]}"
             cases[name] = evaluation_case(segmenter, dataset, batch, precision, modes)
             notes[name] = "box cache"
     first, last = batch_sizes[0], batch_sizes[-1]
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         notes[name] = f"{kind} attention alone"
     if args.compile:
         compiled = compile_encoder(build_segmenter(args.variant, args.size, device, seed=args.seed))
-        name = f"b{first} fp32 {att} compile"
+        name = f"b{first} {precisions[0]} {att[precisions[0]]} compile"
         cases[name] = evaluation_case(compiled, dataset, first, "fp32", modes)
         notes[name] = "torch.compile encoder alone"
 

@@ -13,7 +13,8 @@ What the published training loop does for one image (its ``adaptation.py``, ``mo
   decodes all boxes of the image in one prompt-encoder + mask-decoder call and
   upsamples the low-resolution logits to the S x S input;
 - SAM's image encoder keeps its fused ``qkv`` Linear; LoRA adds ``B_q A_q x`` and
-  ``B_v A_v x`` to the q and v columns of its output (:class:`FusedQkvLora`);
+  ``B_v A_v x`` to the q and v columns of its output (:class:`FusedQkvLora`); attention
+  is computed as Meta's code does (scores, bias added, softmax: transformers' ``eager``);
 - the losses of the image over all its masks at once, in the published form (focal on
   the mean BCE, alpha and smooth = number of masks, IoU target at logits >= 0.5,
   raw-logit contrastive pooling, entropy over the boxes);
@@ -79,7 +80,8 @@ def published_model(segmenter: Segmenter) -> Segmenter:
     """A copy of ``segmenter``'s SAM with fused qkv + q/v LoRA (same weights), trainable LoRA.
 
     Only the LoRA matrices require gradients. The copy is a plain ``SamModel`` wrapped in
-    a Segmenter for its preprocessing, box scaling, decoding and upsampling helpers.
+    a Segmenter for its preprocessing, box scaling, decoding and upsampling helpers, with
+    Meta's way of computing attention (``eager``), whatever ``segmenter`` uses.
     """
     sam = copy.deepcopy(segmenter.sam)
     for layer in sam.vision_encoder.layers:
@@ -87,7 +89,7 @@ def published_model(segmenter: Segmenter) -> Segmenter:
         layer.attn.qkv = FusedQkvLora(split.fused(), _lora_pair(split.q), _lora_pair(split.v))
     for name, param in sam.named_parameters():
         param.requires_grad_(any(f".{part}." in name for part in ("a_q", "b_q", "a_v", "b_v")))
-    return Segmenter(sam).to(segmenter.device)
+    return Segmenter(sam, attention="eager").to(segmenter.device)
 
 
 def _model_call(model: Segmenter, pixel_values: Tensor, boxes: Tensor) -> tuple:

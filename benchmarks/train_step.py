@@ -342,10 +342,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name = "published loop, boxes cached"
         case(name, lambda: published(False), 1, "no detection in the loop")
         published_names.append(name)
-    # co2sam's default attention (model.attention: auto) on this device, and the other.
-    att = auto_attention(device)
-    other = "sdpa" if att == "folded" else "folded"
-    default_cold = f"ours b1 {default_precision} {att}"
+    # What co2sam's default attention (model.attention: auto) computes here, by precision,
+    # and the other of folded/sdpa at the default precision.
+    att = {precision: auto_attention(device, precision) for precision in ("fp32", "bf16")}
+    other = "sdpa" if att[default_precision] == "folded" else "folded"
+    default_cold = f"ours b1 {default_precision} {att[default_precision]}"
     default_warm = f"{default_cold} tcache"
     ours(default_cold, 1, "trainer default, a view's first visit", precision=default_precision)
     ours(
@@ -355,22 +356,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         precision=default_precision,
         template_cache=True,
     )
-    ours(f"ours b1 fp32 {att}", 1, "box cache, batched branches")
+    ours(f"ours b1 fp32 {att['fp32']}", 1, "box cache, batched branches")
     ours("ours b1 fp32 eager", 1, "eager attention alone", kind="eager")
     ours(f"ours b1 {default_precision} {other}", 1, f"{other} attention alone", kind=other)
-    ours(f"ours b1 bf16 {att}", 1, "bf16 autocast alone", precision="bf16")
+    ours(f"ours b1 bf16 {att['bf16']}", 1, "bf16 autocast alone", precision="bf16")
     for batch in batch_sizes[1:]:
-        ours(f"ours b{batch} fp32 {att}", batch, "batch alone (ragged boxes)")
-    ours(f"ours b1 fp32 {att} ckpt", 1, "gradient checkpointing alone", checkpointing=True)
-    ours(f"ours b1 fp32 {att} tcache", 1, "template cache alone (warm)", template_cache=True)
+        ours(f"ours b{batch} fp32 {att['fp32']}", batch, "batch alone (ragged boxes)")
+    ours(f"ours b1 fp32 {att['fp32']} ckpt", 1, "gradient checkpointing alone", checkpointing=True)
+    ours(
+        f"ours b1 fp32 {att['fp32']} tcache", 1, "template cache alone (warm)", template_cache=True
+    )
     if args.compile:
-        ours(f"ours b1 fp32 {att} compile", 1, "torch.compile encoder alone", kind="compiled")
+        ours(
+            f"ours b1 fp32 {att['fp32']} compile", 1, "torch.compile encoder alone", kind="compiled"
+        )
     for kind in ("published", "ours", *(("ours-compiled",) if args.compile else ())):
         note = f"{args.boxes} boxes at S x S, fwd + bwd"
         factory = functools.partial(loss_case, args.size, args.boxes, device, kind, args.loss_form)
         case(f"losses only: {kind}", factory, 1, note)
     best_batch = args.best_batch or batch_sizes[-1]
-    best_name = f"ours best: b{best_batch} {best_precision} {att}"
+    best_name = f"ours best: b{best_batch} {best_precision} "
+    best_name += att.get(best_precision, "sdpa")
     best_name += " ckpt" if args.best_checkpointing else ""
     best_name += " tcache" if not args.best_no_cache else ""
     best_options = {

@@ -44,8 +44,8 @@ class ModelConfig:
     """``torch.compile`` the image encoder for training (off: it did not win on CPU)."""
     attention: str = "auto"
     """Image-encoder attention: ``auto`` (the relative-position bias folded into q and k
-    on CUDA, flash kernels; transformers' SDPA on CPU), ``folded``, ``sdpa`` or ``eager``.
-    All compute the same function (float rounding apart)."""
+    in bf16 on CUDA, for flash kernels; transformers' SDPA otherwise), ``folded``,
+    ``sdpa`` or ``eager``. All compute the same function (float rounding apart)."""
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:

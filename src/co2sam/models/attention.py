@@ -17,8 +17,8 @@ size in training, and no flash kernel. Folded, ViT-B's global blocks attend over
 dimension 64 + 64 + 64 = 192 and its 14 x 14 windows over 64 + 28 -> 96 (multiple of
 8): flash attention applies (CUDA). Same function, float rounding apart.
 
-``model.attention`` (:data:`ATTENTION_KINDS`): ``auto`` folds on CUDA and keeps
-transformers' SDPA path elsewhere; ``folded``, ``sdpa``, ``eager`` force one.
+``model.attention`` (:data:`ATTENTION_KINDS`): ``auto`` folds in bf16/fp16 on CUDA and
+keeps transformers' SDPA path elsewhere; ``folded``, ``sdpa``, ``eager`` force one.
 """
 
 from __future__ import annotations
@@ -101,11 +101,26 @@ class FoldedAttention(SamVisionAttention):
         return self.proj(output.reshape(batch, height, width, -1)), None
 
 
+def half_precision_cuda(hidden_states: Tensor) -> bool:
+    """Whether attention on these inputs runs in bf16/fp16 on CUDA (where flash kernels are)."""
+    if not hidden_states.is_cuda:
+        return False
+    half = (torch.bfloat16, torch.float16)
+    return hidden_states.dtype in half or (
+        torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half
+    )
+
+
 class AutoAttention(FoldedAttention):
-    """Folded on CUDA (flash kernels), transformers' SDPA path elsewhere."""
+    """Folded where flash kernels run (bf16/fp16 on CUDA), transformers' SDPA elsewhere.
+
+    In float32 on CUDA the folded head (192 wide) has no flash kernel and ran 0.66x as
+    fast as SDPA (H200, ViT-B at 1024, benchmarks/RESULTS.md); on CPU the two are within
+    a few percent.
+    """
 
     def forward(self, hidden_states: Tensor, output_attentions: bool = False) -> tuple:
-        if hidden_states.is_cuda:
+        if half_precision_cuda(hidden_states):
             return super().forward(hidden_states)
         return SamVisionSdpaAttention.forward(self, hidden_states)
 
