@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -51,6 +52,9 @@ def test_lora_selected_by_name_and_weights_only_round_trip(tmp_path):
     model, state = _state()
     assert list(state["lora"]) == ["q.lora_A.default.weight"]
     path = save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes
     loaded = load_checkpoint(path)  # torch.load(weights_only=True)
     assert loaded["step"] == 1 and loaded["format_version"] == 1
     assert loaded["scheduler"]["last_epoch"] == 1

@@ -231,6 +231,7 @@ def test_cli_train_then_resume(data_root, tmp_path):
     run = tmp_path / "run"
     common = ["--set", "data.dataset=synthetic", "--set", "data.train_split=train"]
     common += ["--set", "data.num_workers=0", "--set", "train.val_every=0", "--no-progress"]
+    common += ["--set", "train.batch_size=1"]
     args = ["train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle"]
     args += ["--out", str(run), "--accelerator", "cpu", "--max-steps", "1", *common]
     runner = CliRunner()
@@ -238,10 +239,17 @@ def test_cli_train_then_resume(data_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "step 1" in result.output
     result = runner.invoke(
-        app, ["train", "--resume", str(run), "--max-steps", "2", "--no-progress"]
+        app, ["train", "--resume", str(run), "--max-steps", "4", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    epoch_1 = run / "checkpoints" / "epoch-001.pt"  # 3 images, batch 1: 3 steps per epoch
+    result = runner.invoke(
+        app, ["train", "--resume", str(epoch_1), "--max-steps", "5", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {epoch_1}: step 3, epoch 1" in " ".join(result.output.split())
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     result = runner.invoke(app, args)  # the folder already holds a run
     assert result.exit_code == 2 and "--resume" in result.output
 

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-REQUEUE_SIGNAL = signal.SIGUSR1
+REQUEUE_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows
 """What ``#SBATCH --signal=USR1@<seconds>`` sends; Lightning's default requeue signal."""
 
 
@@ -75,7 +75,7 @@ class TrainingInterrupted(Exception):
 def stop_signals() -> tuple[signal.Signals, ...]:
     """SIGINT and SIGTERM, plus SIGUSR1 inside a SLURM job."""
     signals = [signal.SIGINT, signal.SIGTERM]
-    if slurm_job_id() is not None:
+    if REQUEUE_SIGNAL is not None and slurm_job_id() is not None:
         signals.append(REQUEUE_SIGNAL)
     return tuple(signals)
 
