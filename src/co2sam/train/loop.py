@@ -309,26 +309,13 @@ def fit(
                     end_epoch()
     except StopRequested as request:
         save()
-        requeued = None
-        if request.signum == REQUEUE_SIGNAL and rank_zero:
-            job = slurm_job_id()
-            requeued = job if job is not None and requeue_slurm_job(job) else None
-        fabric.barrier()
-        raise TrainingInterrupted(
-            request.signum,
-            step=state["step"],
-            epoch=state["epoch"],
-            run_dir=run_dir,
-            checkpoint=last_checkpoint_path(run_dir),
-            requeued=requeued,
-            rank=fabric.global_rank,
-        ) from None
+        raise _interrupted(fabric, request.signum, state, run_dir) from None
     finally:
         bar.close()
         for logger in loggers:
             logger.finalize("success")
 
-    save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+    save()
     last_adapter = run_dir / "last"
     if rank_zero:
         save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
@@ -401,6 +388,24 @@ def _optimizer_step(
     scheduler.step()
     losses = {name: float(logs[name]) for name in (*LOSS_NAMES, "total") if name in logs}
     return losses, int(flags[1].item())
+
+
+def _interrupted(fabric, signum: int, state, run_dir: Path) -> TrainingInterrupted:
+    """After the stop checkpoint: requeue the SLURM job if asked (rank 0), then report."""
+    requeued = None
+    if signum == REQUEUE_SIGNAL and fabric.global_rank == 0:
+        job = slurm_job_id()
+        requeued = job if job is not None and requeue_slurm_job(job) else None
+    fabric.barrier()
+    return TrainingInterrupted(
+        signum,
+        step=state["step"],
+        epoch=state["epoch"],
+        run_dir=run_dir,
+        checkpoint=last_checkpoint_path(run_dir),
+        requeued=requeued,
+        rank=fabric.global_rank,
+    )
 
 
 def _validation_due(state: dict[str, Any], val_every: int) -> bool:
