@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
 
@@ -53,7 +54,7 @@ def train(
     variables (MASTER_ADDR, MASTER_PORT, NODE_RANK), or under SLURM / torchrun.
 
     SIGTERM and Ctrl-C save a checkpoint at the end of the current step, print how to
-    resume and exit with 143 / 130. Under SLURM, SIGUSR1 (#SBATCH --signal=USR1@180)
+    resume and exit with 143 / 130. Under SLURM, SIGUSR1 (#SBATCH --signal=USR1@300)
     also requeues the job (README, "Long runs").
     """
     resume_from: bool | Path = False
@@ -100,7 +101,7 @@ def train(
         result = fit(cfg, resume=resume_from, progress=progress)
     except TrainingInterrupted as stopped:
         if stopped.rank == 0:
-            console.print(f"[yellow]interrupted[/] {stopped}")
+            console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
         raise typer.Exit(stopped.exit_code) from None
     except (
         BoxCacheError,

@@ -9,7 +9,7 @@ It then writes ``checkpoints/last.pt`` and raises :class:`TrainingInterrupted`;
 143, SIGINT 130): SLURM, Kubernetes and shells read that as "killed by the signal".
 
 Under SLURM (``SLURM_JOB_ID`` set) SIGUSR1 is caught too: it is what Lightning's
-auto-requeue pattern has SLURM send before the time limit (``#SBATCH --signal=USR1@180``;
+auto-requeue pattern has SLURM send before the time limit (``#SBATCH --signal=USR1@300``;
 ``SLURMEnvironment.requeue_signal``). The run checkpoints, rank 0 asks SLURM to put the
 job back in the queue (``scontrol requeue``), and the requeued job resumes when its
 script runs ``co2sam train --resume`` (README, "Long runs").
