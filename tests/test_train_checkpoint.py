@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -7,7 +8,10 @@ import torch
 from co2sam.config import OptimConfig
 from co2sam.train.checkpoint import (
     CheckpointError,
-    find_last_checkpoint,
+    UnreadableCheckpointError,
+    copy_checkpoint,
+    epoch_checkpoint_path,
+    epoch_checkpoints,
     load_checkpoint,
     load_lora_state_dict,
     lora_state_dict,
@@ -48,13 +52,15 @@ def test_lora_selected_by_name_and_weights_only_round_trip(tmp_path):
     model, state = _state()
     assert list(state["lora"]) == ["q.lora_A.default.weight"]
     path = save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes
     loaded = load_checkpoint(path)  # torch.load(weights_only=True)
     assert loaded["step"] == 1 and loaded["format_version"] == 1
     assert loaded["scheduler"]["last_epoch"] == 1
     other = TinyLora()
     load_lora_state_dict(other, loaded["lora"])
     assert torch.equal(other.q.lora_A["default"].weight, model.q.lora_A["default"].weight)
-    assert find_last_checkpoint(tmp_path) == path
     with pytest.raises(CheckpointError, match="do not fit"):
         load_lora_state_dict(other, {"x.lora_A.weight": torch.zeros(1)})
 
@@ -87,8 +93,34 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 
 
 def test_unreadable_or_missing_checkpoint(tmp_path):
+    _, state = _state()
+    path = save_checkpoint(tmp_path / "last.pt", state)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated
+    with pytest.raises(UnreadableCheckpointError, match="cannot read checkpoint .*truncated"):
+        load_checkpoint(path)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(UnreadableCheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
-        find_last_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_epoch_checkpoints_are_copied_atomically_and_listed_newest_first(tmp_path, monkeypatch):
+    _, state = _state()
+    last = save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
+    for epoch in (2, 10, 1):
+        copy_checkpoint(last, epoch_checkpoint_path(tmp_path, epoch))
+    (tmp_path / "checkpoints" / "epoch-best.pt").write_bytes(b"")  # not an epoch number
+    names = [path.name for path in epoch_checkpoints(tmp_path)]
+    assert names == ["epoch-010.pt", "epoch-002.pt", "epoch-001.pt"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "epoch-010.pt")["step"] == 1
+
+    def crash(source, target, *args, **kwargs):
+        target.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("shutil.copyfileobj", crash)
+    with pytest.raises(OSError, match="disk full"):
+        copy_checkpoint(last, epoch_checkpoint_path(tmp_path, 11))
+    assert not (tmp_path / "checkpoints" / "epoch-011.pt").exists()
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))

@@ -72,3 +72,28 @@ def test_collate_keeps_ragged_boxes_per_image():
     batch = collate_train_items(items)
     assert len(batch) == 2 and batch.image_ids == ["im0", "im1"]
     assert [b.shape for b in batch.boxes] == [(2, 4), (2, 4)]
+
+
+def test_fabric_loader_wrapper_cannot_change_the_epoch_order():
+    """Fabric calls sampler.set_epoch(<passes over this loader in this process>) itself."""
+    from lightning.fabric import Fabric
+    from torch.utils.data import DataLoader
+
+    dataset = list(range(12))
+    sampler = EpochSampler(dataset, num_replicas=1, rank=0, seed=1)
+    loader = Fabric(accelerator="cpu", devices=1).setup_dataloaders(
+        DataLoader(dataset, sampler=sampler, batch_size=1),
+        use_distributed_sampler=False,
+        move_to_device=False,
+    )
+    orders = {}
+    for epoch in (3, 3, 5):  # a resumed run's first pass is epoch 3, not the wrapper's 0
+        sampler.set_position(epoch)
+        orders.setdefault(epoch, []).append([int(batch) for batch in loader])
+    reference = EpochSampler(dataset, num_replicas=1, rank=0, seed=1)
+    for epoch, passes in orders.items():
+        reference.set_position(epoch)
+        assert all(order == list(reference) for order in passes), epoch
+    assert orders[3][0] != orders[5][0]
+    sampler.set_epoch(0)  # ignored
+    assert [int(batch) for batch in sampler] == orders[5][0]

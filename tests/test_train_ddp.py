@@ -1,12 +1,12 @@
-"""DDP on CPU: two gloo processes run five epochs and end with the same adapter.
+"""DDP on CPU with two gloo processes: the same adapter on both, exact resume after kill -9.
 
 Both processes are started at once, as torchrun or a cluster launcher would (Fabric
-sees LOCAL_RANK and joins them), so their imports overlap. Only rank 0 keeps a template
-cache, so the processes run different numbers of T-teacher forwards (no gradient, no
-collective): they must still agree step by step.
+sees LOCAL_RANK and joins them), so their imports overlap.
 """
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,15 +49,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
-    from co2sam.data.synthetic import make_synthetic_dataset
-
-    data_root = tmp_path / "data"
-    make_synthetic_dataset(
-        data_root, num_images=5, num_classes=2, image_size=48, seed=0, splits={"train": 4, "val": 1}
-    )
-    script = tmp_path / "train_ddp.py"
-    script.write_text(SCRIPT)
+def _launch(script_text, tmp_path, *args):
+    """Run ``script_text`` as ranks 0 and 1 of one job; returns [(returncode, output)]."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -67,7 +62,7 @@ def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
         env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
         processes.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(data_root), str(tmp_path)],
+                [sys.executable, str(script), *map(str, args)],
                 cwd=tmp_path,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -75,14 +70,29 @@ def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
                 text=True,
             )
         )
+    results = []
     try:
         for process in processes:
-            output, _ = process.communicate(timeout=120)
-            assert process.returncode == 0, output[-3000:]
+            output, _ = process.communicate(timeout=180)
+            results.append((process.returncode, output))
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+    return results
+
+
+def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
+    """Only rank 0 keeps a template cache, so the processes run different numbers of
+    T-teacher forwards (no gradient, no collective): they must still agree step by step."""
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    data_root = tmp_path / "data"
+    make_synthetic_dataset(
+        data_root, num_images=5, num_classes=2, image_size=48, seed=0, splits={"train": 4, "val": 1}
+    )
+    for code, output in _launch(SCRIPT, tmp_path, data_root, tmp_path):
+        assert code == 0, output[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["step"] == ranks[1]["step"] == 10  # 2 images per process, 5 epochs
     assert ranks[0]["skipped"] + ranks[1]["skipped"] == 5  # one image without boxes
@@ -92,3 +102,96 @@ def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert any(first[n].abs().sum() > 0 for n in first if "lora_B" in n)  # it trained
+
+
+# 6 images, 2 processes, batch 1, 3 epochs: 3 steps per epoch, 9 in all; checkpoints
+# every 2 steps and at epoch ends. Phase "cut": the uninterrupted run, then the same run
+# killed with SIGKILL (both processes) inside step 9 of epoch 2: last.pt holds step 8,
+# mid-epoch. Phase "resume": (a) resume that with 2 loader workers; (b) restart a copy
+# from epoch-001.pt, SIGTERM to rank 1 alone in its 2nd step; (c) resume (b) with the
+# template cache on.
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+
+    import torch
+
+    from co2sam.config import load_config
+    from co2sam.train import loop
+    from co2sam.train.loop import TrainingInterrupted, fit
+
+    data_root, out, phase = sys.argv[1], sys.argv[2], sys.argv[3]
+    rank = int(os.environ["RANK"])
+
+    def config(run, workers=0, cache=0):
+        return load_config(None, [
+            "model.sam=tiny", "data.dataset=synthetic", f"data.root={data_root}",
+            "data.train_split=train", f"data.num_workers={workers}", "prompts.source=oracle",
+            f"train.out_dir={out}/{run}", "train.accelerator=cpu", "train.devices=2",
+            "train.batch_size=1", "train.epochs=3", "train.checkpoint_every=2",
+            "train.val_every=0", "optim.warmup_steps=0", "optim.lr=1e-2",
+            f"train.template_cache_gib={cache}",
+        ])
+
+    real_step, calls, plan = loop.training_step, [], {}
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == plan.get("at") and rank in plan["ranks"]:
+            os.kill(os.getpid(), plan["signal"])
+        return real_step(*args, **kwargs)
+
+    loop.training_step = step
+
+    def lora(result):
+        return {n: p.detach().clone() for n, p in result.segmenter.named_parameters()
+                if "lora_" in n}
+
+    if phase == "cut":
+        torch.save(lora(fit(config("full"), progress=False)), f"{out}/full-rank{rank}.pt")
+        calls.clear()
+        plan.update(at=9, ranks=(0, 1), signal=signal.SIGKILL)
+        fit(config("cut", workers=2), progress=False)
+    else:
+        saved = {"a": lora(fit(config("cut", workers=2), resume=True, progress=False))}
+        calls.clear()
+        plan.update(at=2, ranks=(1,), signal=signal.SIGTERM)
+        try:
+            fit(config("cut_b"), resume=f"{out}/cut_b/checkpoints/epoch-001.pt", progress=False)
+        except TrainingInterrupted as stopped:
+            saved.update(b_step=stopped.step, b_signal=stopped.signum)
+        plan.clear()
+        saved["c"] = lora(fit(config("cut_b", cache=1), resume=True, progress=False))
+        torch.save(saved, f"{out}/resumed-rank{rank}.pt")
+    """
+)
+
+
+def test_ddp_kill_9_and_signals_resume_to_the_uninterrupted_adapter(tmp_path):
+    from co2sam.data.synthetic import make_synthetic_dataset
+    from co2sam.train.checkpoint import load_checkpoint
+
+    data_root = tmp_path / "data"
+    make_synthetic_dataset(
+        data_root, num_images=6, num_classes=2, image_size=48, seed=0, splits={"train": 6}
+    )
+    for code, output in _launch(RESUME_SCRIPT, tmp_path, data_root, tmp_path, "cut"):
+        assert code == -signal.SIGKILL, output[-3000:]
+    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 2, 2)
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut_b")
+
+    for code, output in _launch(RESUME_SCRIPT, tmp_path, data_root, tmp_path, "resume"):
+        assert code == 0, output[-3000:]
+    full = torch.load(tmp_path / "full-rank0.pt", weights_only=True)
+    assert any(full[n].abs().sum() > 0 for n in full if "lora_B" in n)  # it trained
+    for rank in (0, 1):
+        resumed = torch.load(tmp_path / f"resumed-rank{rank}.pt", weights_only=True)
+        assert resumed["a"].keys() == full.keys()
+        for name in full:
+            assert torch.equal(resumed["a"][name], full[name]), (rank, name)  # bit for bit
+            torch.testing.assert_close(resumed["c"][name], full[name], rtol=1e-5, atol=1e-6)
+        # epoch-001.pt holds step 3; rank 1's signal came in step 5: both stopped after it
+        assert (resumed["b_step"], resumed["b_signal"]) == (5, signal.SIGTERM), rank

@@ -1,4 +1,5 @@
 import csv
+import shutil
 
 import numpy as np
 import pytest
@@ -53,29 +54,129 @@ def _lora(result):
     }
 
 
-@pytest.mark.parametrize("cache_gib", [0, 1])
-def test_kill_and_resume_reaches_the_same_weights(data_root, tmp_path, cache_gib):
-    cache = f"train.template_cache_gib={cache_gib}"
-    full = fit(_config(data_root, tmp_path / "full", cache), progress=False)
-    assert (full.step, full.epoch) == (4, 2)  # 3 images, batch 2: 2 batches per epoch
+# Exact resume: 3 images, batch 1, 3 epochs = 9 steps; checkpoints every 2 steps and at
+# epoch ends. A crash inside step N leaves on disk what kill -9 would (nothing is saved
+# on the way out), so a run cut this way and resumed must give the uninterrupted run's
+# weights. Crashing in step 9 (epoch 2, 0-based) resumes mid-epoch from step 8.
+RESUME = ["train.epochs=3", "train.batch_size=1", "train.checkpoint_every=2"]
 
-    stopped = fit(_config(data_root, tmp_path / "cut", "train.max_steps=1", cache), progress=False)
-    assert (stopped.step, stopped.epoch) == (1, 0)
-    state = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
-    assert (state["step"], state["batch_in_epoch"]) == (1, 1)
-    with pytest.raises(RunDirError, match="--resume"):
-        fit(_config(data_root, tmp_path / "cut", cache), progress=False)
 
-    resumed = fit(_config(data_root, tmp_path / "cut", cache), resume=True, progress=False)
-    assert (resumed.step, resumed.epoch) == (4, 2)
-    expected, found = _lora(full), _lora(resumed)
-    assert expected.keys() == found.keys()
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_in_step(monkeypatch, step: int) -> None:
+    real_step, calls = loop.training_step, []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise Crash(f"killed in step {step}")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_step", crashing)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    """The reference runs: {template_cache_gib: FitResult}."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return {
+        cache: fit(
+            _config(data_root, out / f"cache{cache}", *RESUME, f"train.template_cache_gib={cache}"),
+            progress=False,
+        )
+        for cache in (0, 1)
+    }
+
+
+def _assert_same_weights(found, expected, exact: bool) -> None:
+    expected, found = _lora(expected), _lora(found)
+    assert expected.keys() == found.keys() and expected
     for name in expected:
-        if cache_gib == 0:  # bit for bit
-            assert torch.equal(expected[name], found[name]), name
+        if exact:  # bit for bit
+            assert torch.equal(found[name], expected[name]), name
         else:  # the resumed run starts with an empty template cache: float rounding only
             torch.testing.assert_close(found[name], expected[name], rtol=1e-5, atol=1e-6)
     assert any(value.abs().sum() > 0 for n, value in found.items() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("cache_gib", [0, 1])
+def test_run_killed_mid_epoch_resumes_to_the_same_weights(
+    data_root, tmp_path, monkeypatch, uninterrupted, cache_gib, workers
+):
+    settings = [*RESUME, f"train.template_cache_gib={cache_gib}", f"data.num_workers={workers}"]
+    config = _config(data_root, tmp_path / "run", *settings)
+    _crash_in_step(monkeypatch, 9)
+    with pytest.raises(Crash):
+        fit(config, progress=False)
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 2, 2)
+    with pytest.raises(RunDirError, match="--resume"):
+        fit(config, progress=False)
+
+    resumed = fit(config, resume=True, progress=False)
+    assert (resumed.step, resumed.epoch) == (9, 3)
+    _assert_same_weights(resumed, uninterrupted[cache_gib], exact=cache_gib == 0)
+
+
+def test_restart_from_an_older_epoch_checkpoint(data_root, tmp_path, uninterrupted):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0].run_dir, run)
+    config = _config(data_root, run, *RESUME, "train.template_cache_gib=0")
+    resumed = fit(config, resume=run / "checkpoints" / "epoch-001.pt", progress=False)
+    assert (resumed.step, resumed.epoch) == (9, 3)
+    _assert_same_weights(resumed, uninterrupted[0], exact=True)
+
+
+def test_unreadable_last_checkpoint_falls_back_and_leftovers_are_removed(
+    data_root, tmp_path, uninterrupted, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0].run_dir, run)
+    checkpoints = run / "checkpoints"
+    (checkpoints / "epoch-003.pt").unlink()
+    last = checkpoints / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated by a crash
+    (checkpoints / ".last.pt.x1y2.tmp").write_bytes(b"half a save")
+    (run / "last").rename(run / ".last.old")  # an adapter swap cut between its renames
+    config = _config(data_root, run, *RESUME, "train.template_cache_gib=0")
+    resumed = fit(config, resume=True, progress=False)
+    log = capsys.readouterr().err
+    assert "removed 1 temporary file(s) of an interrupted save: .last.pt.x1y2.tmp" in log
+    assert "restored" in log and ".last.old" in log
+    assert f"cannot read checkpoint {last}" in log
+    assert f"resuming from {checkpoints / 'epoch-002.pt'} instead (step 6, epoch 2)" in log
+    assert not list(checkpoints.glob(".*.tmp")) and not (run / ".last.old").exists()
+    assert (resumed.step, resumed.epoch) == (9, 3)
+    _assert_same_weights(resumed, uninterrupted[0], exact=True)
+
+
+def test_a_kill_during_validation_loses_no_training(data_root, tmp_path, monkeypatch):
+    config = _config(data_root, tmp_path / "run", "train.val_every=1", "train.epochs=2")
+    real_validate = loop.validate
+
+    def killed_in_epoch_2(fabric, config, segmenter, dataset, boxes_fn, state, bar):
+        if state["epoch"] == 2:
+            raise Crash("killed while validating")
+        real_validate(fabric, config, segmenter, dataset, boxes_fn, state, bar)
+
+    monkeypatch.setattr(loop, "validate", killed_in_epoch_2)
+    with pytest.raises(Crash):
+        fit(config, progress=False)
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], len(state["history"])) == (4, 2, 1)
+
+    steps = []
+    real_step = loop.training_step
+    monkeypatch.setattr(loop, "training_step", lambda *a: steps.append(1) or real_step(*a))
+    resumed = fit(config, resume=True, progress=False)
+    assert steps == []  # nothing retrained: the resumed run only validates epoch 2
+    assert [record["epoch"] for record in resumed.history] == [1, 2]
+    assert (tmp_path / "run" / "checkpoints" / "epoch-002.pt").is_file()
 
 
 def test_fit_validates_keeps_the_best_adapter_and_logs(data_root, tmp_path):
@@ -130,6 +231,7 @@ def test_cli_train_then_resume(data_root, tmp_path):
     run = tmp_path / "run"
     common = ["--set", "data.dataset=synthetic", "--set", "data.train_split=train"]
     common += ["--set", "data.num_workers=0", "--set", "train.val_every=0", "--no-progress"]
+    common += ["--set", "train.batch_size=1"]
     args = ["train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle"]
     args += ["--out", str(run), "--accelerator", "cpu", "--max-steps", "1", *common]
     runner = CliRunner()
@@ -137,10 +239,17 @@ def test_cli_train_then_resume(data_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "step 1" in result.output
     result = runner.invoke(
-        app, ["train", "--resume", str(run), "--max-steps", "2", "--no-progress"]
+        app, ["train", "--resume", str(run), "--max-steps", "4", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    epoch_1 = run / "checkpoints" / "epoch-001.pt"  # 3 images, batch 1: 3 steps per epoch
+    result = runner.invoke(
+        app, ["train", "--resume", str(epoch_1), "--max-steps", "5", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {epoch_1}: step 3, epoch 1" in " ".join(result.output.split())
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     result = runner.invoke(app, args)  # the folder already holds a run
     assert result.exit_code == 2 and "--resume" in result.output
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
 
@@ -37,8 +38,9 @@ def train(
     limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
     resume: Path | None = typer.Option(
         None,
-        help="Continue the run in this folder from its last checkpoint (its config.yaml is "
-        "used; --set and the flags above still apply, e.g. a larger --max-steps).",
+        help="Continue the run in this folder from its last checkpoint (or the newest "
+        "readable one), or restart from one checkpoint file (RUN/checkpoints/epoch-003.pt). "
+        "Its config.yaml is used; --set and the flags above still apply (e.g. --max-steps).",
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -50,13 +52,21 @@ def train(
     With --devices N > 1 on one machine Fabric starts N processes (DDP). On several
     machines, run the same command on every node with --num-nodes and the usual
     variables (MASTER_ADDR, MASTER_PORT, NODE_RANK), or under SLURM / torchrun.
+
+    SIGTERM and Ctrl-C save a checkpoint at the end of the current step, print how to
+    resume and exit with 143 / 130. Under SLURM, SIGUSR1 (#SBATCH --signal=USR1@300)
+    also requeues the job (README, "Long runs").
     """
+    resume_from: bool | Path = False
     if resume is not None:
-        saved = resume / "config.yaml"
+        run_dir, resume_from = resume, True
+        if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
+            run_dir, resume_from = resume.parent.parent, resume
+        saved = run_dir / "config.yaml"
         if not saved.is_file():
-            fail(f"{resume} is not a run folder ({saved} is missing); check --resume")
+            fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
         config = config or str(saved)
-        out = resume
+        out = run_dir
     flags: dict[str, object] = {
         "data.root": data_root,
         "model.sam": sam,
@@ -85,10 +95,14 @@ def train(
     from co2sam.data import DatasetError
     from co2sam.prompts import BoxCacheError
     from co2sam.train.checkpoint import CheckpointError
-    from co2sam.train.loop import NonFiniteLossError, RunDirError, fit
+    from co2sam.train.loop import NonFiniteLossError, RunDirError, TrainingInterrupted, fit
 
     try:
-        result = fit(cfg, resume=resume is not None, progress=progress)
+        result = fit(cfg, resume=resume_from, progress=progress)
+    except TrainingInterrupted as stopped:
+        if stopped.rank == 0:
+            console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
+        raise typer.Exit(stopped.exit_code) from None
     except (
         BoxCacheError,
         CheckpointError,

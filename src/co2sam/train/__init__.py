@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FitResult", "NonFiniteLossError", "fit", "training_step"]
+__all__ = ["FitResult", "NonFiniteLossError", "TrainingInterrupted", "fit", "training_step"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("FitResult", "NonFiniteLossError", "fit"):
+    if name in ("FitResult", "NonFiniteLossError", "TrainingInterrupted", "fit"):
         from co2sam.train import loop
 
         return getattr(loop, name)

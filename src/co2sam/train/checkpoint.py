@@ -12,17 +12,20 @@ unpickling arbitrary objects:
 - ``rng``: torch (CPU and CUDA), numpy's legacy global state and python ``random``;
 - ``config``: the resolved config; ``best``: the best validation result so far.
 
-Files are written to a temporary name in the same folder and renamed with
-``os.replace``: a crash while saving never leaves a half-written ``last.pt``.
+Files are written to a temporary name in the same folder (``.<name>.<random>.tmp``) and
+renamed with ``os.replace``: a crash while saving never leaves a half-written ``last.pt``,
+at most a temporary file that the next start removes (``run_dir.tidy_run_dir``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -33,10 +36,15 @@ from co2sam.models.lora import is_lora_name
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+EPOCH_PATTERN = "epoch-*.pt"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (missing, unreadable, or from another model)."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """The file is not a checkpoint torch can read (truncated, corrupt, not a checkpoint)."""
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -108,12 +116,27 @@ def _to_lists(value: Any) -> Any:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    path = Path(path)
+    return _write_atomically(
+        Path(path), lambda file: torch.save({"format_version": FORMAT_VERSION, **state}, file)
+    )
+
+
+def copy_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Copy a checkpoint file atomically (``epoch-XXX.pt`` from ``last.pt``)."""
+    with open(source, "rb") as reader:
+        return _write_atomically(Path(target), lambda file: shutil.copyfileobj(reader, file))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give what open() would (umask)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(handle, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -131,7 +154,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnreadableCheckpointError(
+            f"cannot read checkpoint {path} ({reason}): truncated by a crash, or not a checkpoint"
+        ) from error
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {state.get('format_version')!r}, "
@@ -145,12 +171,13 @@ def last_checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST
 
 
-def find_last_checkpoint(run_dir: str | Path) -> Path:
-    """The last checkpoint of ``run_dir``; raises a clear error if it has none."""
-    path = last_checkpoint_path(run_dir)
-    if not path.is_file():
-        raise CheckpointError(
-            f"{run_dir} has no checkpoint to resume from ({path} is missing); "
-            "start a new run without --resume"
-        )
-    return path
+def epoch_checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """The copy of the state at the end of ``epoch`` (1-based: epochs completed)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"epoch-{epoch:03d}.pt"
+
+
+def epoch_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's ``epoch-XXX.pt`` files, newest (highest epoch) first."""
+    paths = (Path(run_dir) / CHECKPOINT_DIR).glob(EPOCH_PATTERN)
+    numbered = [(int(p.stem.split("-", 1)[1]), p) for p in paths if p.stem[6:].isdigit()]
+    return [path for _, path in sorted(numbered, reverse=True)]

@@ -125,8 +125,14 @@ class EpochSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled by ``(seed, epoch)``) that can start mid-epoch.
 
     Works without an initialised process group when ``num_replicas`` and ``rank`` are
-    given (single process: 1 and 0). ``set_position(epoch, start)`` skips the first
-    ``start`` indices of this rank's share, so a resumed run continues exactly.
+    given (single process: 1 and 0). ``set_position(epoch, start)`` is the only way to
+    choose the epoch: it fixes the shuffle and skips the first ``start`` indices of this
+    rank's share, so a resumed run continues exactly.
+
+    ``set_epoch`` is ignored on purpose: Lightning Fabric's dataloader wrapper calls
+    ``sampler.set_epoch(n)`` before every pass with n = how many times that loader was
+    iterated *in this process*, which after a resume is not the training epoch (a run
+    resumed in epoch 3 would replay epoch 0's shuffle).
     """
 
     def __init__(
@@ -135,8 +141,11 @@ class EpochSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.start = 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored (see the class docstring): use :meth:`set_position`."""
+
     def set_position(self, epoch: int, start: int = 0) -> None:
-        self.set_epoch(epoch)
+        self.epoch = int(epoch)  # what DistributedSampler.__iter__ shuffles with
         self.start = int(start)
 
     def batches_per_epoch(self, batch_size: int) -> int:

@@ -11,18 +11,21 @@ adapter. A run folder (``train.out_dir``) holds::
     best/  last/                self-describing adapter folders (co2sam.sam.load_adapter)
     tensorboard/  csv/          logs (co2sam.train.monitor)
 
-Exact resume: the epoch order depends on (seed, epoch), each sample's augmentation on
-(seed, epoch, index), and the checkpoint stores the position inside the epoch, so a
-resumed run skips the batches already seen and reaches the same weights as an
-uninterrupted one: bit for bit on CPU with ``train.template_cache_gib=0``; with the
-template cache (the default) to float rounding, because the resumed process starts with
-an empty cache and recomputes T-teacher outputs in other batch compositions.
+Exact resume: the epoch order depends on (seed, epoch) only (the sampler ignores
+Fabric's per-process ``set_epoch`` count), each sample's augmentation on (seed, epoch,
+index), and the checkpoint stores the position inside the epoch, so a run killed at any
+step and resumed skips the batches already seen and reaches the same weights as an
+uninterrupted one: bit for bit on CPU with ``train.template_cache_gib=0``, on any number
+of processes and loader workers; with the template cache (the default) to float
+rounding, because the resumed process starts with an empty cache and recomputes
+T-teacher outputs in other batch compositions. SIGTERM / SIGINT save and stop at the next
+step boundary (:mod:`co2sam.train.interrupt`).
 """
 
 from __future__ import annotations
 
 import inspect
-import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +38,44 @@ from co2sam.config import Co2SamConfig
 from co2sam.losses import LOSS_NAMES
 from co2sam.records import Boxes, Sample
 from co2sam.train.checkpoint import (
-    CHECKPOINT_DIR,
+    copy_checkpoint,
+    epoch_checkpoint_path,
     last_checkpoint_path,
     load_lora_state_dict,
     set_rng_state,
 )
 from co2sam.train.data import EpochSampler, TrainingSet, collate_train_items
+from co2sam.train.interrupt import (
+    REQUEUE_SIGNAL,
+    StopRequested,
+    StopSignals,
+    TrainingInterrupted,
+    requeue_slurm_job,
+    slurm_job_id,
+    stop_signals,
+)
 from co2sam.train.monitor import TrainProgress, make_loggers
-from co2sam.train.run_dir import RunDirError, open_run_dir, save_adapter_folder, save_state
+from co2sam.train.run_dir import (
+    RunDirError,
+    open_run_dir,
+    save_adapter_folder,
+    save_state,
+    tidy_run_dir,
+)
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
 from co2sam.train.template_cache import TemplateCache
 from co2sam.train.validation import val_metrics, validate
+from co2sam.train.workers import WorkerGuard
 
-__all__ = ["FitResult", "NonFiniteLossError", "RunDirError", "build_segmenter", "fit"]
+__all__ = [
+    "FitResult",
+    "NonFiniteLossError",
+    "RunDirError",
+    "TrainingInterrupted",
+    "build_segmenter",
+    "fit",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -131,7 +158,7 @@ def fit(
     val_dataset: Dataset | None = None,
     boxes_fn: Callable[[Sample], Boxes] | None = None,
     val_boxes_fn: Callable[[Sample], Boxes] | None = None,
-    resume: bool = False,
+    resume: bool | str | Path = False,
     progress: bool = True,
 ) -> FitResult:
     """Train LoRA on SAM with Co2SAM's dual-teacher loss; the run folder is ``train.out_dir``.
@@ -140,7 +167,11 @@ def fit(
     train_dataset / val_dataset: datasets of Sample (default: ``build_dataset`` of
         ``data.train_split`` / ``data.val_split``; ``train.limit_train`` applies).
     boxes_fn / val_boxes_fn: ``Sample -> Boxes`` (default: ``prompts.box_source``).
-    resume: continue from ``<train.out_dir>/checkpoints/last.pt``.
+    resume: True continues from ``<train.out_dir>/checkpoints/last.pt`` (or, if it is
+        missing or unreadable, the newest readable ``epoch-XXX.pt``, saying so); a path
+        restarts from that checkpoint file (e.g. an older ``epoch-XXX.pt``).
+    SIGTERM / SIGINT (and SIGUSR1 under SLURM: save, then ``scontrol requeue``) stop the
+    run at the next step boundary with its state saved: :class:`TrainingInterrupted`.
     With ``train.devices``/``train.num_nodes`` > 1 this runs DDP; launched from a
     script, Fabric starts the other local processes by re-running the command.
     """
@@ -161,8 +192,11 @@ def fit(
     )
     fabric.launch()
     run_dir = Path(train.out_dir)
-    checkpoint_state = open_run_dir(run_dir, resume)
     rank_zero = fabric.global_rank == 0
+    if rank_zero:
+        for note in tidy_run_dir(run_dir):
+            fabric.print(note, file=sys.stderr)
+    resume_point = open_run_dir(run_dir, resume)
 
     # Same initial weights on every process (LoRA's A is random), then per-rank RNGs.
     fabric.seed_everything(train.seed, verbose=False)
@@ -188,14 +222,22 @@ def fit(
         template_cache = TemplateCache.from_gib(train.template_cache_gib)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
     state.update(skipped_images=0, skipped_steps=0)
-    if checkpoint_state is not None:
-        load_lora_state_dict(segmenter.model, checkpoint_state["lora"])
-        optimizer.load_state_dict(checkpoint_state["optimizer"])
-        scheduler.load_state_dict(checkpoint_state["scheduler"])
+    if resume_point is not None:
+        saved = resume_point.state
+        load_lora_state_dict(segmenter.model, saved["lora"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
         for key in state:
-            state[key] = checkpoint_state[key]
+            state[key] = saved[key]
         if rank_zero:
-            set_rng_state(checkpoint_state["rng"])
+            set_rng_state(saved["rng"])
+        for note in resume_point.notes:
+            fabric.print(note, file=sys.stderr)
+        fabric.print(
+            f"resuming from {resume_point.path}: step {state['step']}, epoch {state['epoch']}, "
+            f"{state['batch_in_epoch']} batch(es) of it done",
+            file=sys.stderr,
+        )
     if rank_zero:
         config.save(run_dir / "config.yaml")
     loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
@@ -206,54 +248,78 @@ def fit(
     bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero)
     if train.val_every == 0:
         bar.print("validation off (train.val_every = 0): no best/ adapter will be kept")
+
+    def save() -> None:
+        save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+
+    def end_epoch() -> None:
+        """Validate the epoch just finished if due, then write last.pt and epoch-XXX.pt.
+
+        last.pt is written before a validation too: a kill during a long validation loses
+        no training, and the resumed run validates first (``_validation_due``).
+        """
+        if _validation_due(state, train.val_every):
+            save()
+            validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
+            _log(loggers, val_metrics(state["history"][-1]), state["step"])
+        save()
+        if rank_zero:
+            copy_checkpoint(
+                last_checkpoint_path(run_dir), epoch_checkpoint_path(run_dir, state["epoch"])
+            )
+
+    # SIGTERM / SIGINT (and SLURM's requeue signal) only set a flag that every process
+    # reads at the next step boundary: the run stops there with its state saved.
+    signals = StopSignals(stop_signals())
     stop = train.max_steps is not None and state["step"] >= train.max_steps
     try:
-        while state["epoch"] < train.epochs and not stop:
-            epoch = state["epoch"]
-            training_set.set_epoch(epoch)
-            sampler.set_position(epoch, state["batch_in_epoch"] * train.batch_size)
-            for batch in loader:
-                stepped = _optimizer_step(
-                    model, batch, config, fabric, optimizer, scheduler, state, template_cache
-                )
-                state["batch_in_epoch"] += 1
-                if stepped is None:
-                    continue
-                losses, images = stepped
-                state["step"] += 1
-                note = ""
-                if template_cache is not None:
-                    note = f"T-cache {template_cache.hit_rate:.0%}"
-                bar.advance(state["step"], images, losses, note)
-                if state["step"] % train.log_every == 0 or state["step"] == 1:
-                    metrics = {f"train/{name}": value for name, value in losses.items()}
-                    metrics["train/lr"] = scheduler.get_last_lr()[0]
-                    metrics["train/images_per_s"] = bar.images_per_s
+        with signals:
+            if _validation_due(state, train.val_every):  # killed while validating last time
+                end_epoch()
+            while state["epoch"] < train.epochs and not stop:
+                epoch = state["epoch"]
+                training_set.set_epoch(epoch)
+                sampler.set_position(epoch, state["batch_in_epoch"] * train.batch_size)
+                for batch in loader:
+                    stepped = _optimizer_step(
+                        model, batch, config, fabric, optimizer, scheduler, state,
+                        template_cache, signals,
+                    )  # fmt: skip
+                    state["batch_in_epoch"] += 1
+                    if stepped is None:
+                        continue
+                    losses, images = stepped
+                    state["step"] += 1
+                    note = ""
                     if template_cache is not None:
-                        metrics["train/template_cache_hit_rate"] = template_cache.hit_rate
-                        metrics["train/template_cache_gib"] = template_cache.bytes / 2**30
-                    _log(loggers, metrics, state["step"])
-                if state["step"] % train.checkpoint_every == 0:
-                    save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
-                if train.max_steps is not None and state["step"] >= train.max_steps:
-                    stop = True
-                    break
-            if state["batch_in_epoch"] >= batches_per_epoch:
-                state["epoch"] += 1
-                state["batch_in_epoch"] = 0
-                if train.val_every > 0 and state["epoch"] % train.val_every == 0:
-                    validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
-                    _log(loggers, val_metrics(state["history"][-1]), state["step"])
-                save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
-                if rank_zero:
-                    path = run_dir / CHECKPOINT_DIR / f"epoch-{state['epoch']:03d}.pt"
-                    shutil.copyfile(last_checkpoint_path(run_dir), path)
+                        note = f"T-cache {template_cache.hit_rate:.0%}"
+                    bar.advance(state["step"], images, losses, note)
+                    if state["step"] % train.log_every == 0 or state["step"] == 1:
+                        metrics = {f"train/{name}": value for name, value in losses.items()}
+                        metrics["train/lr"] = scheduler.get_last_lr()[0]
+                        metrics["train/images_per_s"] = bar.images_per_s
+                        if template_cache is not None:
+                            metrics["train/template_cache_hit_rate"] = template_cache.hit_rate
+                            metrics["train/template_cache_gib"] = template_cache.bytes / 2**30
+                        _log(loggers, metrics, state["step"])
+                    if state["step"] % train.checkpoint_every == 0:
+                        save()
+                    if train.max_steps is not None and state["step"] >= train.max_steps:
+                        stop = True
+                        break
+                if state["batch_in_epoch"] >= batches_per_epoch:
+                    state["epoch"] += 1
+                    state["batch_in_epoch"] = 0
+                    end_epoch()
+    except StopRequested as request:
+        save()
+        raise _interrupted(fabric, request.signum, state, run_dir) from None
     finally:
         bar.close()
         for logger in loggers:
             logger.finalize("success")
 
-    save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+    save()
     last_adapter = run_dir / "last"
     if rank_zero:
         save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
@@ -277,19 +343,26 @@ def fit(
 # ----------------------------------------------------------------------------- steps
 
 
-def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state, template_cache):
+def _optimizer_step(
+    model, batch, config, fabric, optimizer, scheduler, state, template_cache, signals
+):
     """Forward, backward and update on one batch; None when no process had a box.
 
-    Processes agree (one all-reduce each) on whether any of them has a box before the
-    forward, and on whether any loss is non-finite after it, so all of them skip, step
-    or stop together: DDP hangs if its processes run different collectives.
+    Processes agree (one all-reduce each) on whether any of them has a box or received a
+    stop signal before the forward, and on whether any loss is non-finite after it, so
+    all of them skip, step, stop or fail together: DDP hangs if its processes run
+    different collectives. A stop raises :class:`StopRequested` before this batch is used.
     """
     distributed = fabric.world_size > 1
     has_boxes = any(len(boxes) > 0 for boxes in batch.boxes)
-    anyone = torch.tensor([float(has_boxes)], device=fabric.device)
+    flags = torch.tensor([float(has_boxes), *signals.flags], device=fabric.device)
     if distributed:
-        anyone = fabric.all_reduce(anyone, reduce_op="sum")
-    if anyone.item() == 0:
+        flags = fabric.all_reduce(flags, reduce_op="sum")
+    anyone, *received = flags.tolist()
+    signum = signals.agreed(received)
+    if signum is not None:
+        raise StopRequested(signum)
+    if anyone == 0:
         state["skipped_images"] += len(batch)
         state["skipped_steps"] += 1
         return None
@@ -319,6 +392,32 @@ def _optimizer_step(model, batch, config, fabric, optimizer, scheduler, state, t
     scheduler.step()
     losses = {name: float(logs[name]) for name in (*LOSS_NAMES, "total") if name in logs}
     return losses, int(flags[1].item())
+
+
+def _interrupted(fabric, signum: int, state, run_dir: Path) -> TrainingInterrupted:
+    """After the stop checkpoint: requeue the SLURM job if asked (rank 0), then report."""
+    requeued = None
+    if signum == REQUEUE_SIGNAL and fabric.global_rank == 0:
+        job = slurm_job_id()
+        requeued = job if job is not None and requeue_slurm_job(job) else None
+    fabric.barrier()
+    return TrainingInterrupted(
+        signum,
+        step=state["step"],
+        epoch=state["epoch"],
+        run_dir=run_dir,
+        checkpoint=last_checkpoint_path(run_dir),
+        requeued=requeued,
+        rank=fabric.global_rank,
+    )
+
+
+def _validation_due(state: dict[str, Any], val_every: int) -> bool:
+    """At the end of an epoch that should be validated and has no validation record yet."""
+    epoch, history = state["epoch"], state["history"]
+    if val_every <= 0 or epoch == 0 or epoch % val_every or state["batch_in_epoch"]:
+        return False
+    return not (history and history[-1]["epoch"] == epoch)
 
 
 def _no_buffer_sync() -> dict[str, bool]:
@@ -384,6 +483,8 @@ def _loader(config, dataset, boxes_fn, fabric):
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_train_items,
+        # Workers die with this process (even on kill -9) and leave signals to it.
+        worker_init_fn=WorkerGuard() if workers > 0 else None,
     )
     return training_set, sampler, loader
 
