@@ -32,7 +32,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from co2sam.config import Co2SamConfig
+from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, checked_split
 from co2sam.losses import LOSS_NAMES
+from co2sam.parallel import from_fabric
 from co2sam.records import Boxes, Sample
 from co2sam.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -46,7 +48,7 @@ from co2sam.train.run_dir import RunDirError, open_run_dir, save_adapter_folder,
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
 from co2sam.train.template_cache import TemplateCache
-from co2sam.train.validation import val_metrics, validate
+from co2sam.train.validation import check_validation_split, val_metrics, validate
 
 __all__ = ["FitResult", "NonFiniteLossError", "RunDirError", "build_segmenter", "fit"]
 
@@ -173,12 +175,16 @@ def fit(
         raise ValueError("the segmenter has no LoRA parameters: build it with attach_lora")
     fabric.seed_everything(train.seed + fabric.global_rank, verbose=False)
 
-    train_dataset, boxes_fn = _train_data(config, train_dataset, boxes_fn)
+    skipped = SkipLog(run_dir / SKIPPED_FILE)
+    train_dataset, boxes_fn = _train_data(config, train_dataset, boxes_fn, fabric, skipped)
     if train.val_every > 0:
-        val_dataset, val_boxes_fn = _val_data(config, val_dataset, val_boxes_fn)
+        val_dataset, val_boxes_fn = _val_data(config, val_dataset, val_boxes_fn, fabric, skipped)
+        check_validation_split(train_dataset, val_dataset)
     training_set, sampler, loader = _loader(config, train_dataset, boxes_fn, fabric)
 
-    optimizer, scheduler = build_optimizer(parameters, config.optim)
+    optimizer, scheduler = build_optimizer(
+        parameters, config.optim, images_per_step=train.batch_size * fabric.world_size
+    )
     model, optimizer = fabric.setup(segmenter, optimizer)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
 
@@ -340,29 +346,36 @@ def _zero_loss(model: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def _train_data(config, dataset, boxes_fn):
+def _train_data(config, dataset, boxes_fn, fabric, skipped):
+    """The training split (pre-flight checked, unreadable files skipped) and its boxes."""
     if dataset is None:
         from co2sam.data import build_dataset
 
-        dataset = build_dataset(config.data, config.data.train_split)
+        split = config.data.train_split
+        dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
     dataset = limit_dataset(dataset, config.train.limit_train)
+    dataset = checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
     if boxes_fn is None:
         from co2sam.prompts import box_source
 
         boxes_fn = box_source(config, config.data.train_split, dataset)
-    return dataset, boxes_fn
+    return dataset, SkipPlaceholders(boxes_fn)
 
 
-def _val_data(config, dataset, boxes_fn):
+def _val_data(config, dataset, boxes_fn, fabric, skipped):
+    """The validation split (first ``train.limit_val`` images, checked) and its boxes."""
     if dataset is None:
         from co2sam.data import build_dataset
 
-        dataset = build_dataset(config.data, config.data.val_split)
+        split = config.data.val_split
+        dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
+    dataset = limit_dataset(dataset, config.train.limit_val)
+    dataset = checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
     if boxes_fn is None:
         from co2sam.prompts import box_source
 
         boxes_fn = box_source(config, config.data.val_split, dataset)
-    return dataset, boxes_fn
+    return dataset, SkipPlaceholders(boxes_fn)
 
 
 def _loader(config, dataset, boxes_fn, fabric):

@@ -1,0 +1,214 @@
+"""The body ``evaluate`` and ``pseudo-labels`` share: processes, output folder, pre-flight,
+shards, resume, and the metrics of the whole split.
+
+1. Fabric starts the processes (``--devices``, ``--num-nodes``; one by default).
+2. The output folder is claimed (:class:`co2sam.output_folder.OutputFolder`): a folder
+   of another run is refused, the same run resumes.
+3. The split is checked before any model is loaded (pre-flight, ``--skip-bad``).
+4. Each process segments its share of the images not done yet, writes their PNGs and
+   logs each image's confusion-matrix cells once its files are written.
+5. The main process sums the logged cells over the split: the same matrix for any
+   number of processes, and after any number of restarts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from co2sam.commands.common import console, fail
+from co2sam.commands.guards import checked_dataset, launch
+
+
+@dataclass
+class SplitRun:
+    """What a sharded pass over a split works with (see the module docstring)."""
+
+    processes: Any
+    dataset: Any
+    """The images of the run (``eval.limit`` applied, bad files left out or guarded)."""
+    source: Any
+    """``Sample -> Boxes`` (a ``prompts.BoxSource``; placeholders get no box)."""
+    segmenter: Any
+    base: str
+    folder: Any
+    """The claimed :class:`co2sam.output_folder.OutputFolder`."""
+    out_dir: Path
+    skipped_file: Path
+
+
+def default_out_dir(kind: str, cfg: Any, split: str) -> Path:
+    """``runs/<kind>/<dataset>-<split>/<model>``: one folder per data, split and model.
+
+    ``<model>`` is the adapter folder's last two parts (``voc-best``) or
+    ``plain-<SAM name>``; ``<dataset>`` the dataset kind (voc, coco) or, for folder and
+    generated data, the root folder's name.
+    """
+    data = cfg.data.dataset
+    if data in ("folder", "synthetic"):
+        data = Path(cfg.data.root).resolve().name or data
+    if cfg.model.adapter:
+        adapter = Path(cfg.model.adapter).resolve()
+        model = "-".join(part for part in (adapter.parent.name, adapter.name) if part)
+    else:
+        model = "plain-" + Path(str(cfg.model.sam)).name
+    return Path("runs") / kind / _safe(f"{data}-{split}") / _safe(model)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str | None) -> dict:
+    """What makes two runs of ``command`` the same (their outputs may share a folder)."""
+    adapter = cfg.model.adapter
+    return {
+        "command": command,
+        "dataset": cfg.data.dataset,
+        "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.root else "",
+        "split": split,
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "sam": sam or (None if adapter else cfg.model.sam),
+        "boxes": boxes or cfg.prompts.source,
+        "detector": cfg.prompts.detector,
+        "box_cache_dir": cfg.prompts.cache_dir,
+        "max_boxes": cfg.prompts.max_boxes,
+    }
+
+
+def start_split_run(
+    cfg: Any,
+    *,
+    identity: Mapping[str, Any],
+    outputs: Sequence[str],
+    out_dir: Path,
+    split: str,
+    sam: str | None,
+    boxes: str | None,
+    overwrite: bool,
+    devices: int | None,
+    num_nodes: int | None,
+) -> SplitRun:
+    """Steps 1-3 of the module docstring, then the box source and the model."""
+    from co2sam.commands.evaluate import load_segmenter, load_split, resolve_boxes, resolve_device
+    from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
+    from co2sam.output_folder import OutputFolder, OutputFolderError
+
+    processes = launch(devices, num_nodes, cfg.eval.device)
+    device = processes.device if processes.distributed else resolve_device(cfg.eval.device)
+    dataset = load_split(cfg, split, check_masks=not cfg.data.preflight)
+    if cfg.eval.limit is not None:
+        dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
+    folder = OutputFolder(
+        out_dir, identity, outputs=outputs, overwrite=overwrite, processes=processes
+    )
+    try:
+        folder.open()
+    except OutputFolderError as error:
+        fail(str(error))
+    skipped_file = out_dir / SKIPPED_FILE
+    dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
+    source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
+    segmenter, base = load_segmenter(
+        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
+    )
+    return SplitRun(processes, dataset, source, segmenter, base, folder, out_dir, skipped_file)
+
+
+def segment_split(
+    run: SplitRun,
+    cfg: Any,
+    *,
+    modes: Sequence[str],
+    on_prediction: Callable[[Any], None],
+) -> int:
+    """Step 4: this process segments its share of what is not done; returns how many."""
+    from co2sam.data.preflight import SplitSubset
+    from co2sam.evaluate import evaluate_model
+
+    done = run.folder.records()
+    todo = [index for index, image_id in enumerate(run.dataset.ids) if image_id not in done]
+    mine = run.processes.shard(todo)
+    if run.processes.is_main and done:
+        console.print(f"resuming: {len(run.dataset) - len(todo)} of {len(run.dataset)} images done")
+    recorder = _Recorder(run.folder, modes, len(run.dataset.class_names), on_prediction)
+    evaluate_model(
+        run.segmenter,
+        SplitSubset(run.dataset, mine),
+        run.source,
+        modes=modes,
+        batch_size=cfg.eval.batch_size,
+        progress=run.processes.is_main,
+        on_prediction=recorder,
+        num_workers=cfg.data.num_workers,
+    )
+    run.processes.barrier()
+    return len(mine)
+
+
+class _Recorder:
+    """``on_prediction`` that writes, then logs the image once all its modes are written."""
+
+    def __init__(self, folder: Any, modes: Sequence[str], num_classes: int, write: Callable):
+        self.folder, self.modes, self.num_classes, self.write = folder, modes, num_classes, write
+        self.pending: dict[str, dict[str, list]] = {}
+
+    def __call__(self, prediction: Any) -> None:
+        from co2sam.metrics import ConfusionMatrix
+
+        self.write(prediction)
+        sample = prediction.sample
+        cells = self.pending.setdefault(sample.id, {})
+        if sample.mask is not None:
+            confusion = ConfusionMatrix(self.num_classes)
+            confusion.update(prediction.label_map.cpu(), sample.mask)
+            cells[prediction.mode] = confusion.entries()
+        else:
+            cells[prediction.mode] = []
+        if len(cells) == len(self.modes):
+            del self.pending[sample.id]
+            self.folder.record(sample.id, scored=sample.mask is not None, confusion=cells)
+
+
+def split_results(
+    run: SplitRun, modes: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, str]]]:
+    """Step 5 (any process): metrics per mode over the split, ids done, images skipped."""
+    from co2sam.data.preflight import SkipLog
+    from co2sam.metrics import ConfusionMatrix
+
+    records = run.folder.records()
+    num_classes = len(run.dataset.class_names)
+    confusions = {mode: ConfusionMatrix(num_classes) for mode in modes}
+    done, scored = [], 0
+    for image_id in run.dataset.ids:
+        record = records.get(image_id)
+        if record is None:
+            continue
+        done.append(image_id)
+        scored += bool(record["scored"])
+        for mode in modes:
+            confusions[mode].add_entries(record["confusion"].get(mode, []))
+    results = {
+        mode: {**confusion.compute(), "mode": mode, "num_images": scored}
+        for mode, confusion in confusions.items()
+    }
+    listed = SkipLog(run.skipped_file).listed()
+    all_ids = _all_ids(run.dataset)
+    skipped = [
+        {"id": image_id, "reason": reason}
+        for image_id, reason in listed.items()
+        if image_id in all_ids and image_id not in records
+    ]
+    return results, done, skipped
+
+
+def _all_ids(dataset: Any) -> set[str]:
+    """Ids of the split, including images the pre-flight left out."""
+    from co2sam.data.preflight import split_items
+
+    split, _ = split_items(dataset)
+    return set(getattr(split, "ids", ())) | set(dataset.ids)
