@@ -1,9 +1,5 @@
 """``co2sam evaluate``: score a split (label-guided and/or open mode), write a report,
-palette PNG predictions, optional overlays and confusion-matrix figures.
-
-Also holds the small helpers the ``predict`` and ``pseudo-labels`` commands share
-(device, model and box-source resolution).
-"""
+palette PNG predictions, optional overlays and confusion-matrix figures."""
 
 from __future__ import annotations
 
@@ -12,93 +8,8 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.common import ConfigOption, SetOption, console, resolve_config
 from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
-
-BOX_SOURCES = ("cache", "oracle", "detector")
-
-
-def resolve_device(name: str) -> Any:
-    """``auto`` -> CUDA when available, else CPU; any other torch device string as given."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        fail(f"unknown device {name!r} ({error}); use auto, cpu, cuda or cuda:N")
-        raise
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    return device
-
-
-def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
-    """A Segmenter on ``device`` and the SAM source it was built from.
-
-    With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
-    """
-    from co2sam.sam import Segmenter, load_adapter, load_sam
-
-    try:
-        if adapter:
-            model = load_adapter(sam, adapter)
-            base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
-        else:
-            if not sam:
-                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
-            model = load_sam(sam)
-            base = str(sam)
-    except (OSError, ValueError) as error:
-        fail(str(error))
-        raise
-    return Segmenter(model).to(device).eval(), base
-
-
-def _adapter_base(adapter: str) -> str:
-    from co2sam.models.adapter_io import read_adapter_metadata
-
-    return str(read_adapter_metadata(adapter).get("base", "?"))
-
-
-def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> Any:
-    """A ``prompts.BoxSource`` for the split.
-
-    boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
-    or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
-    """
-    from co2sam.prompts import BoxCacheError, box_source
-    from co2sam.prompts.source import cache_source
-
-    try:
-        if boxes is None or boxes in BOX_SOURCES:
-            if boxes is not None:
-                config.prompts.source = boxes
-            return box_source(config, split, dataset)
-        return cache_source(config, split, dataset, boxes)
-    except (OSError, BoxCacheError, ValueError) as error:
-        fail(str(error))
-        raise
-
-
-def load_split(config: Any, split: str, *, check_masks: bool = True) -> Any:
-    from co2sam.data import DatasetError, build_dataset
-
-    try:
-        return build_dataset(config.data, split, check_masks=check_masks)
-    except (DatasetError, OSError) as error:
-        fail(str(error))
-        raise
-
-
-def box_source_record(source: Any) -> dict[str, Any]:
-    """What a report says about where its boxes came from."""
-    return {
-        "origin": getattr(source, "origin", "custom"),
-        "description": getattr(source, "description", repr(source)),
-        "settings": getattr(source, "settings", {}),
-    }
 
 
 def evaluate(
@@ -187,7 +98,8 @@ def run_evaluation(
 ) -> dict[str, Any] | None:
     """The body of ``co2sam evaluate`` for a resolved config; returns the report (main
     process; None on the others)."""
-    from co2sam.commands.split_run import (
+    from co2sam.commands.inference import (
+        box_source_record,
         default_out_dir,
         identity_of,
         segment_split,

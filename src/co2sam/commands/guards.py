@@ -63,11 +63,19 @@ def checked_dataset(cfg: Any, dataset: Any, *, skipped: Path | None, processes: 
     try:
         return checked_split(dataset, cfg.data, log=SkipLog(skipped), processes=processes)
     except PreflightError as error:
-        if processes.is_main:
-            root = getattr(dataset, "root", "")
-            console.print(problems_table(error.problems, f"pre-flight of {error.split} at {root}"))
+        print_preflight_problems(error)
         fail(str(error), code=1)
         raise
+
+
+def print_preflight_problems(error: Any) -> None:
+    """check-data's table of a :class:`PreflightError` (on the main process only)."""
+    import torch
+
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_rank() != 0:
+        return
+    console.print(problems_table(error.problems, f"pre-flight of split {error.split}"))
 
 
 @contextlib.contextmanager

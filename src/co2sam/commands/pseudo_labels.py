@@ -92,8 +92,8 @@ def run_pseudo_labels(
 ) -> dict[str, Any] | None:
     """The body of ``co2sam pseudo-labels`` for a resolved config; returns the report
     (main process; None on the others)."""
-    from co2sam.commands.evaluate import box_source_record
-    from co2sam.commands.split_run import (
+    from co2sam.commands.inference import (
+        box_source_record,
         default_out_dir,
         identity_of,
         segment_split,

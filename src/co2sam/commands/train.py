@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.guards import SkipBadOption, output_errors, print_preflight_problems
 
 BOX_SOURCES = ("cache", "detector", "oracle")
 
@@ -23,6 +24,10 @@ def train(
         help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
         "or cache / detector (live Grounding DINO) / oracle (ground-truth masks).",
     ),
+    detector: str | None = typer.Option(
+        None, help="Detector the box caches were made with, or to run live (prompts.detector)."
+    ),
+    skip_bad: bool = SkipBadOption,
     out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
     devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
     num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
@@ -59,7 +64,9 @@ def train(
         out = resume
     flags: dict[str, object] = {
         "data.root": data_root,
+        "data.skip_bad": skip_bad or None,
         "model.sam": sam,
+        "prompts.detector": detector,
         "train.out_dir": out,
         "train.devices": devices,
         "train.num_nodes": num_nodes,
@@ -83,12 +90,18 @@ def train(
     cfg = resolve_config(config, overrides, **flags)
 
     from co2sam.data import DatasetError
+    from co2sam.data.preflight import PreflightError
     from co2sam.prompts import BoxCacheError
     from co2sam.train.checkpoint import CheckpointError
     from co2sam.train.loop import NonFiniteLossError, RunDirError, fit
 
     try:
-        result = fit(cfg, resume=resume is not None, progress=progress)
+        with output_errors(cfg.train.out_dir):
+            result = fit(cfg, resume=resume is not None, progress=progress)
+    except PreflightError as error:
+        print_preflight_problems(error)
+        fail(str(error), code=1)
+        return
     except (
         BoxCacheError,
         CheckpointError,

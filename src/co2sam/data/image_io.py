@@ -124,13 +124,14 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     image = _open_header(path)
     width, height = image.size
     try:
+        if image.format == "PNG":
+            image.verify()  # must come first; the image is unusable afterwards
+            image = _open_header(path)
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if image.format == "JPEG":
             image.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))
             image.load()
-        elif image.format == "PNG":
-            image.verify()
-        else:
+        elif image.format != "PNG":
             image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise DatasetError(

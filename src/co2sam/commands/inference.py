@@ -1,5 +1,6 @@
-"""The body ``evaluate`` and ``pseudo-labels`` share: processes, output folder, pre-flight,
-shards, resume, and the metrics of the whole split.
+"""What the inference commands share: device, model, split and box-source resolution
+(``evaluate``, ``pseudo-labels``, ``predict``), and the sharded, resumable pass over a
+split of ``evaluate`` and ``pseudo-labels``:
 
 1. Fabric starts the processes (``--devices``, ``--num-nodes``; one by default).
 2. The output folder is claimed (:class:`co2sam.output_folder.OutputFolder`): a folder
@@ -21,6 +22,91 @@ from typing import Any
 
 from co2sam.commands.common import console, fail
 from co2sam.commands.guards import checked_dataset, launch
+
+BOX_SOURCES = ("cache", "oracle", "detector")
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> CUDA when available, else CPU; any other torch device string as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        fail(f"unknown device {name!r} ({error}); use auto, cpu, cuda or cuda:N")
+        raise
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
+    """A Segmenter on ``device`` and the SAM source it was built from.
+
+    With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
+    """
+    from co2sam.sam import Segmenter, load_adapter, load_sam
+
+    try:
+        if adapter:
+            model = load_adapter(sam, adapter)
+            base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
+        else:
+            if not sam:
+                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
+            model = load_sam(sam)
+            base = str(sam)
+    except (OSError, ValueError) as error:
+        fail(str(error))
+        raise
+    return Segmenter(model).to(device).eval(), base
+
+
+def _adapter_base(adapter: str) -> str:
+    from co2sam.models.adapter_io import read_adapter_metadata
+
+    return str(read_adapter_metadata(adapter).get("base", "?"))
+
+
+def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> Any:
+    """A ``prompts.BoxSource`` for the split.
+
+    boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
+    or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
+    """
+    from co2sam.prompts import BoxCacheError, box_source
+    from co2sam.prompts.source import cache_source
+
+    try:
+        if boxes is None or boxes in BOX_SOURCES:
+            if boxes is not None:
+                config.prompts.source = boxes
+            return box_source(config, split, dataset)
+        return cache_source(config, split, dataset, boxes)
+    except (OSError, BoxCacheError, ValueError) as error:
+        fail(str(error))
+        raise
+
+
+def load_split(config: Any, split: str, *, check_masks: bool = True) -> Any:
+    from co2sam.data import DatasetError, build_dataset
+
+    try:
+        return build_dataset(config.data, split, check_masks=check_masks)
+    except (DatasetError, OSError) as error:
+        fail(str(error))
+        raise
+
+
+def box_source_record(source: Any) -> dict[str, Any]:
+    """What a report says about where its boxes came from."""
+    return {
+        "origin": getattr(source, "origin", "custom"),
+        "description": getattr(source, "description", repr(source)),
+        "settings": getattr(source, "settings", {}),
+    }
 
 
 @dataclass
@@ -93,7 +179,6 @@ def start_split_run(
     num_nodes: int | None,
 ) -> SplitRun:
     """Steps 1-3 of the module docstring, then the box source and the model."""
-    from co2sam.commands.evaluate import load_segmenter, load_split, resolve_boxes, resolve_device
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
     from co2sam.output_folder import OutputFolder, OutputFolderError
 
