@@ -58,6 +58,9 @@ class OutputFolder:
         self.overwrite = overwrite
         self.processes = processes
         self.resumed = False
+        self.done: set[str] = set()
+        """Ids finished before this run, read once by the main process when it opened the
+        folder: every process gets the same set, so they agree on each one's share."""
         self._log: Any = None
         self._lock: Any = None
 
@@ -71,15 +74,16 @@ class OutputFolder:
         Raises :class:`OutputFolderError` on every process when the folder is refused.
         """
         rank = 0 if self.processes is None else self.processes.rank
-        verdict: tuple[str | None, bool] = (None, False)
+        verdict: tuple[str | None, bool, set[str]] = (None, False, set())
         if rank == 0:
             try:
-                verdict = (None, self._claim())
+                resumed = self._claim()
+                verdict = (None, resumed, set(self.records()))
             except OutputFolderError as error:
-                verdict = (str(error), False)
+                verdict = (str(error), False, set())
         if self.processes is not None:
             verdict = self.processes.gather(verdict)[0]
-        error, self.resumed = verdict
+        error, self.resumed, self.done = verdict
         if error is not None:
             raise OutputFolderError(error)
         self._log = _open_log(self.state_dir / f"done-{rank}.jsonl")

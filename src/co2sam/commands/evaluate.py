@@ -159,7 +159,6 @@ def run_evaluation(
                 f"boxes: {source.description}"
             )
         segment_split(run, cfg, modes=modes, on_prediction=on_prediction)
-        run.folder.close()
         if not run.processes.is_main:
             return None
         results, _, skipped = split_results(run, modes)

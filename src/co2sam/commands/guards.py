@@ -75,7 +75,10 @@ def print_preflight_problems(error: Any) -> None:
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and torch.distributed.get_rank() != 0:
         return
-    console.print(problems_table(error.problems, f"pre-flight of split {error.split}"))
+    from rich.console import Console
+
+    wide = Console(stderr=True, width=None if console.is_terminal else 200)
+    wide.print(problems_table(error.problems, f"pre-flight of split {error.split}"))
 
 
 @contextlib.contextmanager

@@ -195,11 +195,15 @@ def start_split_run(
     except OutputFolderError as error:
         fail(str(error))
     skipped_file = out_dir / SKIPPED_FILE
-    dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
-    source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
-    segmenter, base = load_segmenter(
-        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
-    )
+    try:
+        dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
+        source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
+        segmenter, base = load_segmenter(
+            sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
+        )
+    except BaseException:
+        folder.close()  # release the folder's lock (a refused run ends here)
+        raise
     return SplitRun(processes, dataset, source, segmenter, base, folder, out_dir, skipped_file)
 
 
@@ -210,26 +214,36 @@ def segment_split(
     modes: Sequence[str],
     on_prediction: Callable[[Any], None],
 ) -> int:
-    """Step 4: this process segments its share of what is not done; returns how many."""
+    """Step 4: this process segments its share of what is not done; returns how many.
+
+    Closes the output folder (its lock and log) when done or failed.
+    """
     from co2sam.data.preflight import SplitSubset
     from co2sam.evaluate import evaluate_model
 
-    done = run.folder.records()
+    done = run.folder.done
     todo = [index for index, image_id in enumerate(run.dataset.ids) if image_id not in done]
-    mine = run.processes.shard(todo)
+    # Shard whole batches: a fresh sharded run encodes the same batches as one process,
+    # so it writes the same label maps bit for bit (other batchings: to float rounding).
+    size = cfg.eval.batch_size
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
+    mine = [index for batch in run.processes.shard(batches) for index in batch]
     if run.processes.is_main and done:
         console.print(f"resuming: {len(run.dataset) - len(todo)} of {len(run.dataset)} images done")
     recorder = _Recorder(run.folder, modes, len(run.dataset.class_names), on_prediction)
-    evaluate_model(
-        run.segmenter,
-        SplitSubset(run.dataset, mine),
-        run.source,
-        modes=modes,
-        batch_size=cfg.eval.batch_size,
-        progress=run.processes.is_main,
-        on_prediction=recorder,
-        num_workers=cfg.data.num_workers,
-    )
+    try:
+        evaluate_model(
+            run.segmenter,
+            SplitSubset(run.dataset, mine),
+            run.source,
+            modes=modes,
+            batch_size=cfg.eval.batch_size,
+            progress=run.processes.is_main,
+            on_prediction=recorder,
+            num_workers=cfg.data.num_workers,
+        )
+    finally:
+        run.folder.close()
     run.processes.barrier()
     return len(mine)
 

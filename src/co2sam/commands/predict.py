@@ -79,38 +79,44 @@ def predict(
             folder.open()
         except OutputFolderError as error:
             fail(str(error))
-        done = folder.records()
-        todo = processes.shard([path for path in image_paths if names[path] not in done])
-        if processes.distributed:
-            cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
-        boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
-        device_used = processes.device if processes.distributed else resolve_device(cfg.eval.device)
-        segmenter, base = load_segmenter(
-            sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device_used
-        )
-        skipped = SkipLog(out / SKIPPED_FILE)
-
-        def on_result(result: Any) -> None:
-            folder.record(result.name, areas=result.areas)
-            found = ", ".join(
-                f"{name} {100 * area['fraction']:.1f}%"
-                for name, area in result.areas.items()
-                if name != class_names[0]
+        try:
+            done = folder.done
+            todo = processes.shard([path for path in image_paths if names[path] not in done])
+            if processes.distributed:
+                cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
+            boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
+            device_used = (
+                processes.device if processes.distributed else resolve_device(cfg.eval.device)
             )
-            console.print(f"{result.image.name}: {found or 'background only'}")
+            segmenter, base = load_segmenter(
+                sam or (None if cfg.model.adapter else cfg.model.sam),
+                cfg.model.adapter,
+                device_used,
+            )
+            skipped = SkipLog(out / SKIPPED_FILE)
 
-        predict_images(
-            segmenter,
-            todo,
-            boxes_fn,
-            class_names,
-            out,
-            names=names,
-            progress=processes.is_main,
-            on_unreadable=lambda path, reason: skipped.add(names[path], str(path), reason),
-            on_result=on_result,
-        )
-        folder.close()
+            def on_result(result: Any) -> None:
+                folder.record(result.name, areas=result.areas)
+                found = ", ".join(
+                    f"{name} {100 * area['fraction']:.1f}%"
+                    for name, area in result.areas.items()
+                    if name != class_names[0]
+                )
+                console.print(f"{result.image.name}: {found or 'background only'}")
+
+            predict_images(
+                segmenter,
+                todo,
+                boxes_fn,
+                class_names,
+                out,
+                names=names,
+                progress=processes.is_main,
+                on_unreadable=lambda path, reason: skipped.add(names[path], str(path), reason),
+                on_result=on_result,
+            )
+        finally:
+            folder.close()
         processes.barrier()
     if not processes.is_main:
         return

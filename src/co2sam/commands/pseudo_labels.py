@@ -128,7 +128,6 @@ def run_pseudo_labels(
                 f"boxes: {source.description}"
             )
         segment_split(run, cfg, modes=(mode,), on_prediction=PredictionWriter({mode: label_folder}))
-        run.folder.close()
         if not run.processes.is_main:
             return None
         results, written, skipped = split_results(run, (mode,))

@@ -76,11 +76,13 @@ class SkipLog:
         return found
 
     def add(self, image_id: str, file: str, reason: str) -> None:
-        """Warn (one line on stderr) and record one skipped image."""
+        """Warn (one line on stderr) and record one skipped image, once per log."""
         reason = " ".join(str(reason).split())  # one line
+        if self.path is not None and image_id in self.listed():
+            return  # warned already (an earlier epoch, worker or process)
         if self.echo:
             print(f"warning: skipping {file}: {reason}", file=sys.stderr, flush=True)
-        if self.path is None or image_id in self.listed():
+        if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = f"{image_id}\t{file}\t{reason}\n".encode()
@@ -161,7 +163,7 @@ def preflight(
         bad.setdefault(problem.image_id, problem)
     if log is not None and (processes is None or processes.is_main):
         for image_id, problem in bad.items():
-            log.add(image_id, problem.file, problem.problem)
+            log.add(image_id, problem.file, f"{problem.problem}: {problem.handling}")
     keep = [index for index in indices if split.ids[index] not in bad]
     return SplitSubset(split, keep), problems
 

@@ -176,10 +176,12 @@ def fit(
     fabric.seed_everything(train.seed + fabric.global_rank, verbose=False)
 
     skipped = SkipLog(run_dir / SKIPPED_FILE)
-    train_dataset, boxes_fn = _train_data(config, train_dataset, boxes_fn, fabric, skipped)
+    train_dataset = _split_data(config, "train", train_dataset, fabric, skipped)
     if train.val_every > 0:
-        val_dataset, val_boxes_fn = _val_data(config, val_dataset, val_boxes_fn, fabric, skipped)
+        val_dataset = _split_data(config, "val", val_dataset, fabric, skipped)
         check_validation_split(train_dataset, val_dataset)
+        val_boxes_fn = _boxes_of(config, config.data.val_split, val_dataset, val_boxes_fn)
+    boxes_fn = _boxes_of(config, config.data.train_split, train_dataset, boxes_fn)
     training_set, sampler, loader = _loader(config, train_dataset, boxes_fn, fabric)
 
     optimizer, scheduler = build_optimizer(
@@ -346,36 +348,26 @@ def _zero_loss(model: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def _train_data(config, dataset, boxes_fn, fabric, skipped):
-    """The training split (pre-flight checked, unreadable files skipped) and its boxes."""
+def _split_data(config, which, dataset, fabric, skipped):
+    """The ``train`` or ``val`` split (first ``train.limit_<which>`` images), checked by the
+    pre-flight, unreadable files skipped (co2sam.data.preflight)."""
     if dataset is None:
         from co2sam.data import build_dataset
 
-        split = config.data.train_split
+        split = config.data.train_split if which == "train" else config.data.val_split
         dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
-    dataset = limit_dataset(dataset, config.train.limit_train)
-    dataset = checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
+    limit = config.train.limit_train if which == "train" else config.train.limit_val
+    dataset = limit_dataset(dataset, limit)
+    return checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
+
+
+def _boxes_of(config, split, dataset, boxes_fn):
+    """``boxes_fn`` (default: ``prompts.box_source``), giving no box to skipped images."""
     if boxes_fn is None:
         from co2sam.prompts import box_source
 
-        boxes_fn = box_source(config, config.data.train_split, dataset)
-    return dataset, SkipPlaceholders(boxes_fn)
-
-
-def _val_data(config, dataset, boxes_fn, fabric, skipped):
-    """The validation split (first ``train.limit_val`` images, checked) and its boxes."""
-    if dataset is None:
-        from co2sam.data import build_dataset
-
-        split = config.data.val_split
-        dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
-    dataset = limit_dataset(dataset, config.train.limit_val)
-    dataset = checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
-    if boxes_fn is None:
-        from co2sam.prompts import box_source
-
-        boxes_fn = box_source(config, config.data.val_split, dataset)
-    return dataset, SkipPlaceholders(boxes_fn)
+        boxes_fn = box_source(config, split, dataset)
+    return SkipPlaceholders(boxes_fn)
 
 
 def _loader(config, dataset, boxes_fn, fabric):
