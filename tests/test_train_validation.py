@@ -130,7 +130,10 @@ def test_validation_is_sharded_over_processes_and_summed(tmp_path):
         processes.append(
             subprocess.Popen(
                 [sys.executable, str(script), str(data_root), str(tmp_path)],
-                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
             )  # fmt: skip
         )

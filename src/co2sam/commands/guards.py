@@ -88,11 +88,19 @@ def output_errors(folder: str | Path | None = None) -> Iterator[None]:
         yield
     except OSError as error:
         fail(describe_write_error(error, folder))
-    except RuntimeError as error:  # torch.save reports a full disk this way
-        if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(error):
+    except Exception as error:
+        if not _is_failed_write(error):
             raise
         where = f" in {folder}" if folder else ""
-        fail(f"cannot write a checkpoint{where} ({error}); is the disk full or read-only?")
+        fail(f"cannot write{where}: {' '.join(str(error).split())}; is the disk full?")
+
+
+def _is_failed_write(error: Exception) -> bool:
+    """torch.save and safetensors report a failed write without an OSError."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("inline_container" in text or "StreamWriter" in text):
+        return True
+    return type(error).__name__ == "SafetensorError" and "I/O error" in text
 
 
 _HINTS = {

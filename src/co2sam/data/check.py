@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from co2sam.classes import IGNORE_INDEX
 from co2sam.data.base import SegmentationDataset
 from co2sam.data.image_io import (
     DatasetError,
+    mask_values,
     probe_image,
     read_image_with_report,
     read_label_png,
@@ -133,7 +132,7 @@ def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator
                 kind = "unreadable mask"
             yield Problem("error", split, mask_name, kind, str(error))
         if mask is not None:
-            values = np.unique(mask)
+            values = mask_values(mask)
             bad = [int(v) for v in values if v >= dataset.num_classes and v != IGNORE_INDEX]
             if bad:
                 yield Problem(
@@ -155,7 +154,7 @@ def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator
     if dataset.labels_from_masks and mask is None:
         return  # no mask (VOC test, or reported above): the labels are unknown
     try:
-        labels = dataset.image_labels(index)
+        labels = dataset._labels_of(index, mask)  # VOC: from the mask read above
     except DatasetError as error:
         yield Problem("error", split, image_name, "labels unreadable", str(error))
         return

@@ -202,5 +202,12 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> list[int]:
 
     Background (0), ignore (255) and out-of-range values are excluded.
     """
-    present = np.unique(mask)
+    present = mask_values(mask)
     return [int(value) for value in present if 0 < value < num_classes]
+
+
+def mask_values(mask: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a label map (a histogram for uint8: no sort)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.reshape(-1), minlength=256))
+    return np.unique(mask)
