@@ -276,6 +276,14 @@ def test_evaluate_output_folders_are_per_run_and_never_mixed(data_root, tmp_path
     replaced = runner.invoke(app, [*args, "--adapter", str(adapters[1]), "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((out / "report.json").read_text())["adapter"] == str(adapters[1])
+    retrained = attach_lora(load_sam("tiny"))  # best/ rewritten in place by more training
+    torch.nn.init.normal_(next(p for n, p in retrained.named_parameters() if "lora_B" in n))
+    save_adapter(retrained, tmp_path / "retrained", base="tiny")
+    (adapters[1] / "adapter_model.safetensors").write_bytes(
+        (tmp_path / "retrained" / "adapter_model.safetensors").read_bytes()
+    )
+    stale = runner.invoke(app, [*args, "--adapter", str(adapters[1])])
+    assert stale.exit_code == 2 and "adapter_sha256" in stale.output  # not resumed
 
 
 def test_evaluate_write_errors_are_one_line(data_root, tmp_path, monkeypatch):

@@ -149,20 +149,48 @@ def _safe(name: str) -> str:
 
 
 def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str | None) -> dict:
-    """What makes two runs of ``command`` the same (their outputs may share a folder)."""
+    """What makes two runs of ``command`` the same (their outputs may share a folder).
+
+    Files are named and fingerprinted: an adapter folder retrained in place (``best/``)
+    or a box cache made again is another run, not one to resume.
+    """
+    from co2sam.models.adapter_io import WEIGHTS_FILE
+    from co2sam.prompts.source import default_cache_path
+
     adapter = cfg.model.adapter
+    source = boxes or cfg.prompts.source
+    cache = None
+    if source == "cache":
+        cache = default_cache_path(cfg, split)
+    elif source not in BOX_SOURCES:
+        cache = Path(source)
     return {
         "command": command,
         "dataset": cfg.data.dataset,
         "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.root else "",
         "split": split,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "adapter_sha256": fingerprint(Path(adapter) / WEIGHTS_FILE) if adapter else None,
         "sam": sam or (None if adapter else cfg.model.sam),
-        "boxes": boxes or cfg.prompts.source,
+        "boxes": source,
+        "box_cache": str(cache.resolve()) if cache else None,
+        "box_cache_sha256": fingerprint(cache) if cache else None,
         "detector": cfg.prompts.detector,
-        "box_cache_dir": cfg.prompts.cache_dir,
         "max_boxes": cfg.prompts.max_boxes,
     }
+
+
+def fingerprint(path: Path) -> str | None:
+    """The first 16 hex digits of a file's SHA-256 (None when there is no such file)."""
+    import hashlib
+
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def start_split_run(

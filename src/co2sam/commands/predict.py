@@ -45,8 +45,9 @@ def predict(
     kept in OUT/skipped.txt). Resumable: the same command on the same folder continues.
     With --devices N (--num-nodes M) the images are shared among the processes.
     """
-    from co2sam.commands.inference import load_segmenter, resolve_device
+    from co2sam.commands.inference import fingerprint, load_segmenter, resolve_device
     from co2sam.data.preflight import SKIPPED_FILE, SkipLog
+    from co2sam.models.adapter_io import WEIGHTS_FILE
     from co2sam.output_folder import OutputFolder, OutputFolderError
     from co2sam.predict import list_images, output_names, predict_images
 
@@ -66,9 +67,13 @@ def predict(
         "images": str(images.resolve()),
         "classes": list(class_names),
         "adapter": str(Path(cfg.model.adapter).resolve()) if cfg.model.adapter else None,
+        "adapter_sha256": fingerprint(Path(cfg.model.adapter) / WEIGHTS_FILE)
+        if cfg.model.adapter
+        else None,
         "sam": sam or (None if cfg.model.adapter else cfg.model.sam),
         "detector": detector,
         "boxes": str(boxes.resolve()) if boxes else None,
+        "boxes_sha256": fingerprint(boxes) if boxes else None,
         "max_boxes": cfg.prompts.max_boxes,
     }
     with output_errors(out):

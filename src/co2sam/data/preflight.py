@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ from torch.utils.data import Dataset, Subset
 from co2sam.classes import IGNORE_INDEX
 from co2sam.data.check import Problem, scan_dataset
 from co2sam.data.image_io import DatasetError
+from co2sam.progress import progress_bar
 from co2sam.records import Boxes, Sample
 
 SKIPPED_FILE = "skipped.txt"
 PLACEHOLDER_SIZE = 16
 """Side of the black placeholder image of a skipped sample (never segmented)."""
+PROGRESS_FROM = 1000
+"""Splits of at least this many images show a progress bar while they are checked."""
 
 
 class PreflightError(DatasetError):
@@ -139,6 +143,8 @@ def preflight(
     processes: a :class:`co2sam.parallel.Processes`; each process checks its shard and
         all of them get every problem, so they agree on what is left out.
     workers: threads per process (default: the CPUs, at most 8).
+    on_item: called after each image checked (default: a progress bar on the main
+        process for splits of :data:`PROGRESS_FROM` images or more).
     Returns the dataset to run on (the same one when nothing is wrong, else a
     :class:`SplitSubset` without the bad images; ``skip_bad`` only) and all problems
     (errors and warnings). Raises :class:`PreflightError` on errors without ``skip_bad``.
@@ -149,7 +155,13 @@ def preflight(
         return dataset, []
     workers = workers or min(8, os.cpu_count() or 1)
     mine = indices if processes is None else processes.shard(indices)
-    found = scan_dataset(split, indices=mine, fast=True, workers=workers, on_item=on_item)
+    main = processes is None or processes.is_main
+    show = on_item is None and main and len(indices) >= PROGRESS_FROM
+    with progress_bar(enabled=show, transient=True) as bar:
+        if show:
+            task = bar.add_task(f"pre-flight {getattr(split, 'split', '')}", total=len(mine))
+            on_item = partial(bar.advance, task)
+        found = scan_dataset(split, indices=mine, fast=True, workers=workers, on_item=on_item)
     problems = found if processes is None else [p for part in processes.gather(found) for p in part]
     order = {image_id: position for position, image_id in enumerate(split.ids)}
     problems.sort(key=lambda problem: order.get(problem.image_id, -1))
