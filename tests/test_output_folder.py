@@ -84,3 +84,10 @@ def test_a_second_command_on_the_same_folder_is_refused(tmp_path):
             process.kill()
     with _folder(tmp_path / "out") as folder:  # released: the same run resumes
         assert folder.resumed
+
+
+def test_a_run_that_wrote_nothing_does_not_hold_the_folder(tmp_path):
+    _folder(tmp_path / "out").open().close()  # e.g. stopped by the pre-flight
+    other = {**IDENTITY, "adapter": "runs/fixed/best"}
+    with _folder(tmp_path / "out", other) as folder:
+        assert not folder.resumed

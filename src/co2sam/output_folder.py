@@ -8,7 +8,8 @@ written after the image's files). So:
 - the same command again continues: images already done are skipped, whatever the
   number of processes before or now (every process reads every log);
 - another run (other adapter, split, boxes, ...) is refused with the difference, unless
-  ``overwrite`` clears what the command writes first;
+  ``overwrite`` clears what the command writes first (a run that failed before writing
+  anything does not count);
 - a folder that holds other files is refused the same way (nothing is mixed);
 - a second command writing into the folder at the same time is refused (a file lock,
   held by the main process, released by the system if the process dies).
@@ -150,7 +151,7 @@ class OutputFolder:
                 found = {}
             if found == self.identity and not self.overwrite:
                 return True
-            if not self.overwrite:
+            if not self.overwrite and not self._holds_nothing():
                 self.close()
                 raise OutputFolderError(self._refusal(found))
         self._clear()
@@ -158,6 +159,10 @@ class OutputFolder:
         temporary.write_text(json.dumps(self.identity, indent=2) + "\n")
         temporary.replace(identity_file)
         return False
+
+    def _holds_nothing(self) -> bool:
+        """No image finished and no output written (a run that failed before any work)."""
+        return not self.records() and not any((self.path / name).exists() for name in self.outputs)
 
     def _refusal(self, found: Mapping[str, Any]) -> str:
         keys = sorted(set(found) | set(self.identity))
