@@ -120,3 +120,15 @@ def test_quick_demo_adaptation_improves_target_miou(tmp_path):
     assert (tmp_path / "demo" / "before_after.png").is_file()
     assert (tmp_path / "demo" / "train" / "last" / "adapter_model.safetensors").is_file()
     assert len(report["files"]["overlays"]) > 0
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    (tmp_path / "thesis.tex").write_text("my own file")
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--quick"])
+    assert result.exit_code == 2
+    assert "not empty and is not a demo run" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]

@@ -197,3 +197,131 @@ def test_evaluate_command_reports_user_errors(data_root, tmp_path):
     )
     assert result.exit_code == 2
     assert "missing.jsonl" in "".join(result.output.split())  # rich may wrap long paths
+
+
+def _evaluate_args(root, *extra):
+    return ["evaluate", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+            "--data-root", str(root), "--sam", "tiny", "--boxes", "oracle", "--device", "cpu",
+            *extra]  # fmt: skip
+
+
+@pytest.fixture()
+def mask_77(tmp_path):
+    """A val split where one mask holds the value 77 (4 classes: 0..4 and 255 are valid)."""
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, num_images=4, num_classes=4, image_size=32, splits={"val": 4})
+    ids = (root / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    path = root / "VOC2012/SegmentationClass" / f"{ids[1]}.png"
+    values = np.array(Image.open(path))
+    values[3, 3] = 77
+    Image.fromarray(values).save(path)
+    return root, ids
+
+
+def test_evaluate_names_a_bad_mask_before_work_and_skips_it_on_request(mask_77, tmp_path):
+    root, ids = mask_77
+    out = tmp_path / "eval"
+    result = runner.invoke(app, _evaluate_args(root, "--out", str(out)))
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert f"{ids[1]}.png" in text and "[77]" in text and "--skip-bad" in text
+    assert not (out / "report.json").exists()
+
+    result = runner.invoke(app, _evaluate_args(root, "--out", str(out), "--skip-bad"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [entry["id"] for entry in report["skipped"]] == [ids[1]]
+    assert report["results"]["open"]["num_images"] == 3
+    assert sorted(p.stem for p in (out / "open/predictions").glob("*.png")) == sorted(
+        ids[:1] + ids[2:]
+    )
+
+
+def test_evaluate_skips_a_bad_mask_found_mid_run(mask_77, tmp_path):
+    root, ids = mask_77
+    out = tmp_path / "eval"
+    result = runner.invoke(app, _evaluate_args(root, "--out", str(out), "--set",
+                                               "data.preflight=false"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"][0]["id"] == ids[1] and "77" in report["skipped"][0]["reason"]
+    assert report["results"]["open"]["num_images"] == 3
+
+
+def test_evaluate_output_folders_are_per_run_and_never_mixed(data_root, tmp_path, monkeypatch):
+    adapters = [
+        save_adapter(attach_lora(load_sam("tiny")), tmp_path / "runs" / name / "best", base="tiny")
+        for name in ("first", "second")
+    ]
+    monkeypatch.chdir(tmp_path)
+    for adapter in adapters:
+        result = runner.invoke(app, _evaluate_args(data_root, "--adapter", str(adapter)))
+        assert result.exit_code == 0, result.output
+    dataset_name = data_root.name
+    for name in ("first", "second"):  # default: runs/eval/<dataset>-<split>/<adapter>
+        report = tmp_path / "runs/eval" / f"{dataset_name}-val" / f"{name}-best" / "report.json"
+        assert json.loads(report.read_text())["adapter"].endswith(f"{name}/best")
+
+    out = tmp_path / "shared"
+    args = _evaluate_args(data_root, "--out", str(out), "--mode", "open")
+    assert runner.invoke(app, [*args, "--adapter", str(adapters[0])]).exit_code == 0
+    first = json.loads((out / "report.json").read_text())["results"]["open"]
+    result = runner.invoke(app, [*args, "--adapter", str(adapters[1])])
+    assert result.exit_code == 2
+    assert "another run" in result.output and "--overwrite" in result.output
+    again = runner.invoke(app, [*args, "--adapter", str(adapters[0])])  # same run: resumes
+    assert again.exit_code == 0 and "resuming: 4 of 4 images done" in again.output
+    assert json.loads((out / "report.json").read_text())["results"]["open"] == first
+    replaced = runner.invoke(app, [*args, "--adapter", str(adapters[1]), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / "report.json").read_text())["adapter"] == str(adapters[1])
+    retrained = attach_lora(load_sam("tiny"))  # best/ rewritten in place by more training
+    torch.nn.init.normal_(next(p for n, p in retrained.named_parameters() if "lora_B" in n))
+    save_adapter(retrained, tmp_path / "retrained", base="tiny")
+    (adapters[1] / "adapter_model.safetensors").write_bytes(
+        (tmp_path / "retrained" / "adapter_model.safetensors").read_bytes()
+    )
+    stale = runner.invoke(app, [*args, "--adapter", str(adapters[1])])
+    assert stale.exit_code == 2 and "adapter_sha256" in stale.output  # not resumed
+
+
+def test_evaluate_write_errors_are_one_line(data_root, tmp_path, monkeypatch):
+    import errno
+
+    import co2sam.pseudo_labels
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    result = runner.invoke(app, _evaluate_args(data_root, "--out", str(blocker / "eval")))
+    assert result.exit_code == 2
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "a file is in the way" in " ".join(result.output.split())
+
+    def full_disk(path, label):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(co2sam.pseudo_labels, "save_label_png", full_disk)
+    result = runner.invoke(app, _evaluate_args(data_root, "--out", str(tmp_path / "eval")))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert "No space left on device; the disk is full" in text
+
+
+def test_a_cache_from_another_detector_is_refused_with_the_fix(data_root, tmp_path):
+    from co2sam.prompts.build import build_box_cache
+
+    config = load_config(None, ["data.dataset=synthetic", f"data.root={data_root}",
+                                f"prompts.cache_dir={tmp_path}",
+                                "prompts.detector=other/dino"])  # fmt: skip
+    dataset = build_dataset(config.data, "val")
+    build_box_cache(config, "val", dataset, detector=lambda samples: [Boxes() for _ in samples],
+                    progress=False)  # fmt: skip
+    args = ["evaluate", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+            "--data-root", str(data_root), "--sam", "tiny", "--device", "cpu",
+            "--set", f"prompts.cache_dir={tmp_path}", "--mode", "open"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    assert "pass --detector other/dino" in " ".join(result.output.split())
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--detector", "other/dino"])
+    assert result.exit_code == 0, result.output

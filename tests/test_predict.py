@@ -109,3 +109,38 @@ def test_predict_command_needs_one_box_source_and_classes(image_folder):
     )
     assert result.exit_code == 2
     assert "--classes" in " ".join(result.output.split())
+
+
+def test_predict_segments_every_readable_image_and_keeps_clashing_names_apart(
+    image_folder, tmp_path
+):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(image_folder / "a.png")
+    (image_folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({
+        "a.jpg": [{"xyxy": [2, 2, 30, 25], "class": "dog"}],
+        "a.png": [{"xyxy": [1, 1, 10, 10], "class": "sofa"}],
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["predict", str(image_folder), "--classes", "dog,sofa", "--sam", "tiny",
+            "--boxes", str(boxes), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 unreadable image(s)" in text and "broken.jpg" in text
+    assert "3 image(s) segmented" in text
+    assert sorted(p.name for p in (out / "labels").glob("*.png")) == [
+        "a.jpg.png", "a.png.png", "b.png"
+    ]  # fmt: skip
+    first = json.loads((out / "details" / "a.jpg.json").read_text())
+    second = json.loads((out / "details" / "a.png.json").read_text())
+    assert first["size"] == {"height": 30, "width": 50} and first["boxes"][0]["class"] == "dog"
+    assert second["size"] == {"height": 20, "width": 24} and second["boxes"][0]["class"] == "sofa"
+    assert (out / "skipped.txt").read_text().startswith("broken\t")
+
+    again = runner.invoke(app, args)  # the same run: nothing left to segment
+    assert again.exit_code == 0 and "3 image(s) segmented" in " ".join(again.output.split())
+    other = runner.invoke(app, [*args[:-4], "--out", str(out), "--device", "cpu",
+                                "--adapter", str(tmp_path / "x")])  # fmt: skip
+    assert other.exit_code == 2 and "another run" in " ".join(other.output.split())

@@ -129,3 +129,35 @@ def test_integer_ids_and_coco_category_ids(tmp_path):
     with pytest.raises(ValueError, match="no image id matches"):
         path.write_text(json.dumps([{"image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1]}]))
         import_coco_results(path, ids, COCO_CLASSES)
+
+
+def test_boxes_stop_on_a_bad_image_or_leave_it_out(tmp_path):
+    make_synthetic_dataset(tmp_path, num_images=4, num_classes=2, image_size=32, seed=0,
+                           splits={"val": 4})  # fmt: skip
+    ids = (tmp_path / "VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    (tmp_path / "VOC2012/JPEGImages" / f"{ids[1]}.jpg").write_bytes(b"not an image")
+    args = ["boxes", "--oracle", "--data-root", str(tmp_path), "--set", "data.dataset=synthetic",
+            "--split", "val"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and f"{ids[1]}.jpg" in " ".join(result.output.split())
+    assert not (tmp_path / "co2sam_boxes" / "val.jsonl").exists()
+    result = runner.invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    cache = load_box_cache(tmp_path / "co2sam_boxes" / "val.jsonl")
+    assert sorted(cache) == sorted(ids[:1] + ids[2:])
+    skipped = (tmp_path / "co2sam_boxes" / "val.skipped.txt").read_text()
+    assert skipped.startswith(f"{ids[1]}\t")
+
+
+def test_import_boxes_refuses_to_replace_a_cache_without_overwrite(data_root, tmp_path):
+    dataset = build_dataset(_config(data_root).data, "val")
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": dataset.ids[0], "category_id": 1,
+                                 "bbox": [0, 0, 4, 4], "score": 0.9}]))  # fmt: skip
+    args = ["import-boxes", "--coco-results", str(dets), "--data-root", str(data_root),
+            "--set", "data.dataset=synthetic", "--split", "val",
+            "--out", str(tmp_path / "val.jsonl")]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

@@ -107,3 +107,86 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
     path.write_text(lines[0] + "{garbage\n" + lines[2])
     with pytest.raises(BoxCacheError, match="line 2"):
         load_box_cache(path)
+
+
+def test_a_second_writer_is_refused_while_the_first_works(tmp_path):
+    """Two real processes on one cache: the second refuses at once, nothing is mangled."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path, num_images=6, num_classes=2, image_size=32, seed=0,
+                           splits={"val": 6})  # fmt: skip
+    cache = tmp_path / "co2sam_boxes" / "val.jsonl"
+    first = textwrap.dedent(
+        f"""
+        import sys
+        from co2sam.config import load_config
+        from co2sam.data import build_dataset
+        from co2sam.prompts import oracle_boxes
+        from co2sam.prompts.build import build_box_cache
+
+        config = load_config(None, ["data.dataset=synthetic", "data.root={tmp_path}"])
+        dataset = build_dataset(config.data, "val")
+
+        def slow_oracle(samples):
+            print("detecting", flush=True)
+            sys.stdin.readline()  # hold the cache open until the test says go
+            return [oracle_boxes(sample) for sample in samples]
+
+        build_box_cache(config, "val", dataset, origin="oracle", detector=slow_oracle,
+                        progress=False)
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", first], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "detecting"
+        second = subprocess.run(
+            [sys.executable, "-c", "from co2sam.cli import app; app()", "boxes", "--oracle",
+             "--data-root", str(tmp_path), "--set", "data.dataset=synthetic", "--split", "val"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert "another process is writing the box cache" in " ".join(second.stderr.split())
+        holder.stdin.write("\n" * 6)
+        holder.stdin.flush()
+        assert holder.wait(timeout=120) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    lines = cache.read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines[1:]]
+    assert len(ids) == len(set(ids)) == 6
+    assert len(load_box_cache(cache, {"origin": "oracle"})) == 6
+
+
+def test_parts_of_a_killed_sharded_run_are_merged_once_in_split_order(tmp_path):
+    from co2sam.prompts.cache import part_path
+
+    path = tmp_path / "val.jsonl"
+    order = [f"img{i}" for i in range(6)]
+    with BoxCacheWriter(path, SETTINGS) as writer:
+        writer.write("img0", _boxes(0))
+    for rank, ids in ((0, ["img2", "img4"]), (1, ["img0", "img3", "img1"])):
+        with BoxCacheWriter(part_path(path, rank), SETTINGS) as part:
+            for image_id in ids:
+                part.write(image_id, _boxes(int(image_id[-1])))
+    with part_path(path, 1).open("a") as handle:
+        handle.write('{"id": "img5", "xy')  # rank 1 was killed mid-line
+    with BoxCacheWriter(path, SETTINGS) as writer:
+        assert writer.merge_parts(order) == 4
+    lines = path.read_text().splitlines()[1:]
+    assert [json.loads(line)["id"] for line in lines] == ["img0", "img1", "img2", "img3", "img4"]
+    assert not list(tmp_path.glob("val.part-*"))
+
+
+def test_write_box_cache_replaces_only_with_overwrite(tmp_path):
+    path = write_box_cache(tmp_path / "val.jsonl", SETTINGS, {"a": _boxes(0)})
+    with pytest.raises(BoxCacheError, match="already exists .*1 images.*--overwrite"):
+        write_box_cache(path, SETTINGS, {"b": _boxes(1)})
+    write_box_cache(path, SETTINGS, {"b": _boxes(1)}, overwrite=True)
+    assert set(load_box_cache(path)) == {"b"}

@@ -82,7 +82,7 @@ def test_a_named_cache_file_keeps_its_own_settings(tmp_path):
     with pytest.raises(BoxCacheError, match="lacks 2 image"):
         cache_source(config, "val", TinyDataset(5), path)
     written["class_names"] = ["background", "dog", "cat"]
-    write_box_cache(path, written, {image_id: many for image_id in dataset.ids})
+    write_box_cache(path, written, {image_id: many for image_id in dataset.ids}, overwrite=True)
     with pytest.raises(BoxCacheError, match="class_names"):
         cache_source(config, "val", dataset, path)
 
@@ -96,7 +96,7 @@ def test_imported_or_oracle_caches_skip_detector_checks(tmp_path):
     source = box_source(config, "val", dataset)
     assert source.origin == "oracle" and len(source(dataset[1])) == 1
     settings["class_names"] = ["background", "dog", "cat"]
-    write_box_cache(default_cache_path(config, "val"), settings, entries)
+    write_box_cache(default_cache_path(config, "val"), settings, entries, overwrite=True)
     with pytest.raises(BoxCacheError, match="class_names"):
         box_source(config, "val", dataset)
 

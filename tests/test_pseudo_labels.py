@@ -71,3 +71,23 @@ def test_pseudo_labels_command_rejects_bad_mode(data_root):
     )
     assert result.exit_code == 2
     assert "label-guided or open" in " ".join(result.output.split())
+
+
+def test_pseudo_labels_stop_on_a_corrupt_image_or_skip_it(tmp_path):
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, num_images=3, num_classes=3, image_size=32, splits={"train": 3})
+    ids = (root / "VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    image = root / "VOC2012/JPEGImages" / f"{ids[2]}.jpg"
+    image.write_bytes(image.read_bytes()[:200])
+    args = ["pseudo-labels", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+            "--data-root", str(root), "--split", "train", "--sam", "tiny", "--boxes", "oracle",
+            "--device", "cpu", "--out", str(tmp_path / "pl")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and f"{ids[2]}.jpg" in " ".join(result.output.split())
+    result = runner.invoke(app, [*args, "--skip-bad"])
+    assert result.exit_code == 0, result.output
+    listed = (tmp_path / "pl/ImageSets/Segmentation/train.txt").read_text().split()
+    assert listed == ids[:2]
+    report = json.loads((tmp_path / "pl/report.json").read_text())
+    assert report["metrics"]["num_written"] == 2 and report["skipped"][0]["id"] == ids[2]
+    assert (tmp_path / "pl/skipped.txt").read_text().startswith(ids[2])

@@ -40,3 +40,16 @@ def test_no_warmup_and_no_parameters():
     assert lr_factor(0, warmup_steps=0, milestones=[], gamma=0.1) == 1.0
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer([], OptimConfig())
+
+
+def test_schedule_counted_in_images_keeps_the_decay_epoch_under_ddp():
+    from co2sam.train.schedule import make_lr_lambda
+
+    steps = OptimConfig(warmup_steps=4, milestones=[8, 12])
+    images = OptimConfig(warmup_steps=4, milestones=[8, 12], schedule_unit="image")
+    # 4 processes at batch 1: a step is 4 images
+    assert [make_lr_lambda(steps, 4)(s) for s in (1, 3, 8)] == pytest.approx([0.25, 0.75, 0.1])
+    assert [make_lr_lambda(images, 4)(s) for s in (0, 1, 2, 3)] == pytest.approx([0, 1, 0.1, 0.01])
+    assert make_lr_lambda(images, 1)(8) == make_lr_lambda(steps, 1)(8)  # one process: the same
+    with pytest.raises(ValueError, match="schedule_unit"):
+        OptimConfig(schedule_unit="epoch")

@@ -64,6 +64,14 @@ class DataConfig:
     train_split: str = "train_aug"
     val_split: str = "val"
     num_workers: int = 2
+    preflight: bool = True
+    """Before a long command (train, evaluate, pseudo-labels, boxes) starts, check every
+    file of its split with check-data's rules (a fraction of a full read) and stop on
+    errors, listing them (co2sam.data.preflight)."""
+    skip_bad: bool = False
+    """Leave out the images whose files fail the pre-flight (``--skip-bad``), each with a
+    warning line and a line in the run folder's skipped.txt. Files that fail later,
+    mid-run, are always skipped this way."""
 
     def __post_init__(self) -> None:
         _check_choice("data.dataset", self.dataset, ("voc", "coco", "folder", "synthetic"))
@@ -153,8 +161,16 @@ class OptimConfig:
     warmup_steps: int = 250
     milestones: list[int] = field(default_factory=lambda: [60000, 86666])
     gamma: float = 0.1
+    schedule_unit: Literal["step", "image"] = "step"
+    """What ``warmup_steps`` and ``milestones`` count. ``step``: optimizer steps, as
+    published (one process, batch 1, so a step is one image). ``image``: training images
+    seen, so with DDP (``devices x num_nodes`` processes) or a larger ``train.batch_size``
+    the warm-up and the decays still come after the same number of images (epochs) as
+    the published schedule. Under ``step``, N processes reach each milestone after N
+    times as many images. The learning rate itself is never scaled."""
 
     def __post_init__(self) -> None:
+        _check_choice("optim.schedule_unit", self.schedule_unit, ("step", "image"))
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if sorted(self.milestones) != list(self.milestones):

@@ -70,7 +70,8 @@ def evaluate_model(
     Args:
         segmenter: a :class:`co2sam.sam.Segmenter` (plain SAM or with LoRA). Put in eval
             mode for the call; its training flag is restored afterwards.
-        dataset: a torch Dataset of :class:`Sample` with ``class_names`` (background first).
+        dataset: a torch Dataset of :class:`Sample` with ``class_names`` (background first);
+            samples with ``problem`` set (unreadable files) are skipped.
         boxes_fn: Sample -> Boxes (XYXY, original frame), e.g. ``prompts.box_source(...)``.
         modes: any of ``label-guided`` and ``open``.
         batch_size: images encoded at once.
@@ -108,7 +109,12 @@ def evaluate_model(
     try:
         with progress_bar(progress) as bar, torch.inference_mode():
             task = bar.add_task("evaluate", total=len(dataset))
-            for samples in loader:
+            for batch in loader:
+                bar.advance(task, len(batch))
+                # Placeholders of unreadable files (co2sam.data.preflight) are skipped.
+                samples = [sample for sample in batch if sample.problem is None]
+                if not samples:
+                    continue
                 boxes = [boxes_fn(sample) for sample in samples]
                 with autocast_context(segmenter.device, autocast):
                     logits = box_mask_logits(segmenter, [s.image for s in samples], boxes)
@@ -124,7 +130,6 @@ def evaluate_model(
                             confusions[mode].update(label_map, target)
                         if on_prediction is not None:
                             on_prediction(Prediction(sample, mode, label_map, image_boxes))
-                bar.advance(task, len(samples))
     finally:
         segmenter.train(was_training)
     if reduce_across_processes:

@@ -101,6 +101,17 @@ class ConfusionMatrix:
     def reset(self) -> None:
         self.matrix.zero_()
 
+    def entries(self) -> list[list[int]]:
+        """The non-zero cells as ``[ground truth, prediction, count]`` (compact, JSON)."""
+        cells = torch.nonzero(self.matrix).tolist()
+        return [[row, column, int(self.matrix[row, column])] for row, column in cells]
+
+    def add_entries(self, entries: Sequence[Sequence[int]]) -> ConfusionMatrix:
+        """Add cells given as ``[ground truth, prediction, count]``; returns self."""
+        for row, column, count in entries:
+            self.matrix[int(row), int(column)] += int(count)
+        return self
+
     def compute(self) -> dict[str, Any]:
         """All metrics as plain Python values (see the module docstring)."""
         return metrics_from_matrix(self.matrix)

@@ -8,12 +8,16 @@ of boxes per image, or from a co2sam box cache. The JSON file looks like::
 
 keyed by file name or stem; ``class`` is a class name or index (1..C); ``score``
 defaults to 1. Coordinates are XYXY pixels of the original image.
+
+Outputs are named by the image's stem (``dog.jpg`` -> ``labels/dog.png``); images that
+share a stem in one run (``a.jpg`` and ``a.png``) keep their whole file name
+(``labels/a.jpg.png``, ``labels/a.png.png``), so no output replaces another.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +85,8 @@ class ImageResult:
     overlay_png: Path
     details_json: Path
     areas: dict[str, dict[str, float]]
+    name: str = ""
+    """The name its outputs take (stem, or file name when stems clash)."""
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -98,8 +104,21 @@ def list_images(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path} is neither an image file nor a folder")
 
 
+def output_names(image_paths: Sequence[Path]) -> dict[Path, str]:
+    """The name each image's outputs take: its stem, or its file name when stems clash."""
+    stems: dict[str, int] = {}
+    for path in image_paths:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    names = {path: path.stem if stems[path.stem] == 1 else path.name for path in image_paths}
+    if len(set(names.values())) != len(names):
+        clash = sorted(name for name in names.values() if list(names.values()).count(name) > 1)
+        raise ValueError(f"two images would write the same outputs ({clash[0]}); rename one")
+    return names
+
+
 def read_boxes_json(path: str | Path, class_names: Sequence[str]) -> dict[str, Boxes]:
-    """Boxes per image from a simple JSON file (module docstring); keys are file stems.
+    """Boxes per image from a simple JSON file (module docstring); keys are file stems,
+    or file names for names that share a stem (``a.jpg`` and ``a.png``).
 
     Raises ValueError naming the file and the entry on a malformed box.
     """
@@ -110,6 +129,7 @@ def read_boxes_json(path: str | Path, class_names: Sequence[str]) -> dict[str, B
         raise ValueError(f"cannot read boxes file {path}: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path} must map image names to lists of boxes")
+    stems = [Path(name).stem for name in data]
     result: dict[str, Boxes] = {}
     for name, entries in data.items():
         xyxy, classes, scores = [], [], []
@@ -125,9 +145,8 @@ def read_boxes_json(path: str | Path, class_names: Sequence[str]) -> dict[str, B
             xyxy.append(box)
             classes.append(_class_index(label, class_names, where))
             scores.append(float(entry.get("score", 1.0)))
-        result[Path(name).stem] = Boxes(
-            np.asarray(xyxy, np.float32), np.asarray(classes), np.asarray(scores)
-        )
+        key = Path(name).stem if stems.count(Path(name).stem) == 1 else name
+        result[key] = Boxes(np.asarray(xyxy, np.float32), np.asarray(classes), np.asarray(scores))
     return result
 
 
@@ -164,17 +183,34 @@ def predict_images(
     allowed_classes: Sequence[int] | None = None,
     progress: bool = True,
     autocast: bool = True,
+    names: Mapping[Path, str] | None = None,
+    on_unreadable: Callable[[Path, str], None] | None = None,
+    on_result: Callable[[ImageResult], None] | None = None,
 ) -> list[ImageResult]:
     """Segment each image (open mode unless ``allowed_classes``) and write its files.
 
-    boxes_fn: (image stem, (H, W, 3) uint8 image) -> Boxes in the original frame.
-    Writes ``labels/<stem>.png`` (VOC palette), ``overlays/<stem>.png`` (image tinted by
-    class, boxes drawn) and ``details/<stem>.json`` (per-class pixels and fraction,
+    boxes_fn: (output name, (H, W, 3) uint8 image) -> Boxes in the original frame; the
+        name is the stem unless stems clash (:func:`output_names`).
+    names: output name per path (default :func:`output_names` of ``image_paths``).
+    on_unreadable: called with (path, reason) for an image that cannot be read; it is
+        skipped and the others are segmented (default: a warning line on stderr).
+    on_result: called after each image's files are written.
+    Writes ``labels/<name>.png`` (VOC palette), ``overlays/<name>.png`` (image tinted by
+    class, boxes drawn) and ``details/<name>.json`` (per-class pixels and fraction,
     boxes with class names and scores) under ``out_dir``.
     """
-    from co2sam.data.image_io import read_image
+    from co2sam.data.image_io import DatasetError, read_image
     from co2sam.evaluate import autocast_context, progress_bar
     from co2sam.visualize import overlay, save_image, save_label_png
+
+    names = names or output_names(image_paths)
+    if on_unreadable is None:
+        from co2sam.data.preflight import SkipLog
+
+        warn = SkipLog(None)
+
+        def on_unreadable(path: Path, reason: str) -> None:
+            warn.add(str(path), str(path), reason)
 
     out_dir = Path(out_dir)
     results = []
@@ -184,13 +220,18 @@ def predict_images(
         with progress_bar(progress) as bar:
             task = bar.add_task("predict", total=len(image_paths))
             for image_path in image_paths:
-                image = read_image(image_path)
-                boxes = boxes_fn(image_path.stem, image)
+                bar.advance(task)
+                try:
+                    image = read_image(image_path)
+                except DatasetError as error:
+                    on_unreadable(image_path, str(error))
+                    continue
+                stem = names[image_path]
+                boxes = boxes_fn(stem, image)
                 with torch.inference_mode(), autocast_context(segmenter.device, autocast):
                     logits = box_mask_logits(segmenter, [image], [boxes])[0]
                     label = label_map_of(logits, boxes, len(class_names), allowed_classes)
                 label_array = label.cpu().numpy().astype(np.uint8)
-                stem = image_path.stem
                 areas = class_areas(label_array, class_names)
                 details = {
                     "image": str(image_path),
@@ -211,19 +252,20 @@ def predict_images(
                 details_path = out_dir / "details" / f"{stem}.json"
                 details_path.parent.mkdir(parents=True, exist_ok=True)
                 details_path.write_text(json.dumps(details, indent=2) + "\n")
-                results.append(
-                    ImageResult(
-                        image=image_path,
-                        label_png=save_label_png(out_dir / "labels" / f"{stem}.png", label_array),
-                        overlay_png=save_image(
-                            out_dir / "overlays" / f"{stem}.png",
-                            overlay(image, label_array, boxes=boxes, class_names=class_names),
-                        ),
-                        details_json=details_path,
-                        areas=areas,
-                    )
+                result = ImageResult(
+                    image=image_path,
+                    label_png=save_label_png(out_dir / "labels" / f"{stem}.png", label_array),
+                    overlay_png=save_image(
+                        out_dir / "overlays" / f"{stem}.png",
+                        overlay(image, label_array, boxes=boxes, class_names=class_names),
+                    ),
+                    details_json=details_path,
+                    areas=areas,
+                    name=stem,
                 )
-                bar.advance(task)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
     finally:
         segmenter.train(was_training)
     return results

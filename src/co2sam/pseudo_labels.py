@@ -102,8 +102,13 @@ def export_pseudo_labels(
         num_workers=num_workers,
     )
     ids = writer.written[mode]
-    split_name = split or getattr(dataset, "split", "pseudo")
-    split_file = out_dir / "ImageSets" / "Segmentation" / f"{split_name}.txt"
+    write_split_list(out_dir, split or getattr(dataset, "split", "pseudo"), ids)
+    return {**results[mode], "label_folder": str(label_folder), "num_written": len(ids)}
+
+
+def write_split_list(out_dir: str | Path, split: str, ids: Sequence[str]) -> Path:
+    """``out_dir/ImageSets/Segmentation/<split>.txt``: the ids written, one per line."""
+    split_file = Path(out_dir) / "ImageSets" / "Segmentation" / f"{split}.txt"
     split_file.parent.mkdir(parents=True, exist_ok=True)
     split_file.write_text("".join(f"{image_id}\n" for image_id in ids))
-    return {**results[mode], "label_folder": str(label_folder), "num_written": len(ids)}
+    return split_file

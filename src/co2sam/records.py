@@ -16,12 +16,16 @@ class Sample:
         None when the split has no masks (VOC test).
     labels: sorted image-level labels, class indices in 1..C (background excluded).
     id: the dataset's image id (file stem).
+    problem: why the image's files could not be used (then ``image`` is a small black
+        placeholder, ``mask`` None and ``labels`` empty, and every stage skips the
+        sample); None for a good sample.
     """
 
     image: np.ndarray
     mask: np.ndarray | None
     labels: list[int]
     id: str
+    problem: str | None = None
 
 
 @dataclass

@@ -7,6 +7,14 @@ from pathlib import Path
 import typer
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    SkipBadOption,
+    checked_dataset,
+    launch,
+    output_errors,
+)
 
 
 def boxes(
@@ -29,28 +37,57 @@ def boxes(
     ),
     overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
     limit: int | None = typer.Option(None, help="Stop after N new images (resume later)."),
+    skip_bad: bool = SkipBadOption,
+    devices: int | None = DevicesOption,
+    num_nodes: int | None = NumNodesOption,
 ) -> None:
-    """Run the detector once over a split and store its boxes (resumable)."""
+    """Run the detector once over a split and store its boxes (resumable, shardable).
+
+    With --devices N (and --num-nodes M) every process detects its share of the images
+    and the main process merges them into the one cache file. One command writes a cache
+    at a time: a second one on the same file is refused.
+    """
     cfg = resolve_config(
         config,
         overrides,
-        **{"data.root": data_root, "prompts.detector": detector, "prompts.mode": mode},
+        **{
+            "data.root": data_root,
+            "data.skip_bad": skip_bad or None,
+            "prompts.detector": detector,
+            "prompts.mode": mode,
+        },
     )
     split = split or cfg.data.train_split
     from co2sam.data import DatasetError, build_dataset
     from co2sam.prompts.build import build_box_cache
     from co2sam.prompts.cache import BoxCacheError
+    from co2sam.prompts.source import default_cache_path
 
-    try:
-        dataset = build_dataset(cfg.data, split)
-        origin = "oracle" if oracle else "grounding-dino"
-        path = build_box_cache(
-            cfg, split, dataset, origin=origin, path=out, overwrite=overwrite, limit=limit
-        )
-    except (BoxCacheError, DatasetError, OSError, ValueError) as error:
-        fail(str(error))
-        return
-    console.print(f"[green]boxes[/] of {split} ({origin}) in {path}")
+    processes = launch(devices, num_nodes, cfg.prompts.device)
+    if processes.distributed:
+        cfg.prompts.device = str(processes.device)
+    path = out or default_cache_path(cfg, split)
+    origin = "oracle" if oracle else "grounding-dino"
+    with output_errors(path.parent):
+        try:
+            dataset = build_dataset(cfg.data, split, check_masks=not cfg.data.preflight)
+            skipped = path.with_name(f"{path.stem}.skipped.txt")
+            dataset = checked_dataset(cfg, dataset, skipped=skipped, processes=processes)
+            build_box_cache(
+                cfg,
+                split,
+                dataset,
+                origin=origin,
+                path=path,
+                overwrite=overwrite,
+                limit=limit,
+                processes=processes,
+            )
+        except (BoxCacheError, DatasetError, ValueError) as error:
+            fail(str(error))
+            return
+    if processes.is_main:
+        console.print(f"[green]boxes[/] of {split} ({origin}) in {path}")
 
 
 def import_boxes(
@@ -72,6 +109,7 @@ def import_boxes(
     ),
     score_threshold: float = typer.Option(0.0, help="Drop detections scoring below this."),
     out: Path | None = typer.Option(None, help="Cache file (default: the split's cache path)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache file."),
 ) -> None:
     """Import another detector's boxes (COCO-results JSON) into the split's box cache."""
     cfg = resolve_config(config, overrides, **{"data.root": data_root})
@@ -100,8 +138,13 @@ def import_boxes(
             "class_names": list(dataset.class_names),
             "split": split,
         }
-        path = write_box_cache(out or default_cache_path(cfg, split), settings, found)
-    except (DatasetError, OSError, ValueError) as error:
+        target = out or default_cache_path(cfg, split)
+        with output_errors(target.parent):
+            path = write_box_cache(target, settings, found, overwrite=overwrite)
+    except FileNotFoundError as error:
+        fail(str(error))
+        return
+    except (DatasetError, ValueError) as error:  # BoxCacheError is a ValueError
         fail(str(error))
         return
     console.print(

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from co2sam.commands.common import fail
+from co2sam.commands.guards import problems_table
 
 LEVELS = ("error", "warning", "converted")
 
@@ -27,7 +28,6 @@ def check_data(
     RGBA, CMYK, 16-bit images and EXIF rotation, which the loaders convert to RGB.
     """
     from rich.console import Console
-    from rich.table import Table
 
     from co2sam.data.check import Problem, available_splits, open_for_check, scan_dataset
     from co2sam.data.image_io import DatasetError
@@ -52,14 +52,7 @@ def check_data(
         return
 
     if problems:
-        table = Table(title=f"{dataset} dataset at {data_root}")
-        for column in ("level", "split", "file", "problem", "handling"):
-            table.add_column(column, overflow="fold")
-        style = {"error": "red", "warning": "yellow", "converted": "cyan"}
-        for p in problems:
-            level = f"[{style[p.level]}]{p.level}[/]"
-            table.add_row(level, p.split, p.file, p.problem, p.handling)
-        out.print(table)
+        out.print(problems_table(problems, f"{dataset} dataset at {data_root}"))
     by_level = {level: sum(p.level == level for p in problems) for level in LEVELS}
     scanned = ", ".join(f"{name}: {count} images" for name, count in counts.items())
     out.print(

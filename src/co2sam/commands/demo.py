@@ -7,11 +7,12 @@ from pathlib import Path
 import typer
 
 from co2sam.commands.common import SetOption, console, fail
+from co2sam.commands.guards import output_errors
 
 
 def demo(
     out: Path = typer.Option(
-        Path("co2sam-demo"), help="Run folder (created; must not hold a run)."
+        Path("co2sam-demo"), help="Run folder (created; must be new or empty)."
     ),
     quick: bool = typer.Option(False, help="Smaller data and fewer epochs: under a minute."),
     ablation: bool = typer.Option(
@@ -40,15 +41,16 @@ def demo(
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for a 0.7 MB file
     if torch.get_num_threads() > 4:
         torch.set_num_threads(4)  # the tiny model gains nothing from more threads
-    try:
-        run_demo(
-            out,
-            quick=quick,
-            ablation=ablation,
-            seed=seed,
-            overrides=overrides,
-            console=console,
-            progress=progress,
-        )
-    except (ConfigError, FileExistsError, FileNotFoundError) as error:
-        fail(str(error))
+    with output_errors(out):
+        try:
+            run_demo(
+                out,
+                quick=quick,
+                ablation=ablation,
+                seed=seed,
+                overrides=overrides,
+                console=console,
+                progress=progress,
+            )
+        except (ConfigError, FileExistsError, FileNotFoundError) as error:
+            fail(str(error))

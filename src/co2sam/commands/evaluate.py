@@ -1,9 +1,5 @@
 """``co2sam evaluate``: score a split (label-guided and/or open mode), write a report,
-palette PNG predictions, optional overlays and confusion-matrix figures.
-
-Also holds the small helpers the ``predict`` and ``pseudo-labels`` commands share
-(device, model and box-source resolution).
-"""
+palette PNG predictions, optional overlays and confusion-matrix figures."""
 
 from __future__ import annotations
 
@@ -12,92 +8,8 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
-
-BOX_SOURCES = ("cache", "oracle", "detector")
-
-
-def resolve_device(name: str) -> Any:
-    """``auto`` -> CUDA when available, else CPU; any other torch device string as given."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        fail(f"unknown device {name!r} ({error}); use auto, cpu, cuda or cuda:N")
-        raise
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    return device
-
-
-def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
-    """A Segmenter on ``device`` and the SAM source it was built from.
-
-    With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
-    """
-    from co2sam.sam import Segmenter, load_adapter, load_sam
-
-    try:
-        if adapter:
-            model = load_adapter(sam, adapter)
-            base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
-        else:
-            if not sam:
-                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
-            model = load_sam(sam)
-            base = str(sam)
-    except (OSError, ValueError) as error:
-        fail(str(error))
-        raise
-    return Segmenter(model).to(device).eval(), base
-
-
-def _adapter_base(adapter: str) -> str:
-    from co2sam.models.adapter_io import read_adapter_metadata
-
-    return str(read_adapter_metadata(adapter).get("base", "?"))
-
-
-def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> Any:
-    """A ``prompts.BoxSource`` for the split.
-
-    boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
-    or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
-    """
-    from co2sam.prompts import BoxCacheError, box_source
-    from co2sam.prompts.source import cache_source
-
-    try:
-        if boxes is None or boxes in BOX_SOURCES:
-            if boxes is not None:
-                config.prompts.source = boxes
-            return box_source(config, split, dataset)
-        return cache_source(config, split, dataset, boxes)
-    except (OSError, BoxCacheError, ValueError) as error:
-        fail(str(error))
-        raise
-
-
-def load_split(config: Any, split: str) -> Any:
-    from co2sam.data import DatasetError, build_dataset
-
-    try:
-        return build_dataset(config.data, split)
-    except (DatasetError, OSError) as error:
-        fail(str(error))
-        raise
-
-
-def box_source_record(source: Any) -> dict[str, Any]:
-    """What a report says about where its boxes came from."""
-    return {
-        "origin": getattr(source, "origin", "custom"),
-        "description": getattr(source, "description", repr(source)),
-        "settings": getattr(source, "settings", {}),
-    }
+from co2sam.commands.common import ConfigOption, SetOption, console, resolve_config
+from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
 
 
 def evaluate(
@@ -113,8 +25,15 @@ def evaluate(
     boxes: str | None = typer.Option(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
     ),
+    detector: str | None = typer.Option(
+        None, help="Detector the box cache was made with, or to run live (prompts.detector)."
+    ),
     out: Path | None = typer.Option(
-        None, help="Output folder (default eval.out_dir or runs/eval/SPLIT)."
+        None,
+        help="Output folder (default eval.out_dir or runs/eval/<dataset>-<split>/<adapter>).",
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Replace the output folder of another evaluation instead of refusing."
     ),
     overlays: bool | None = typer.Option(
         None, "--overlays/--no-overlays", help="Also write colour overlays."
@@ -125,14 +44,24 @@ def evaluate(
     voc_test_format: bool = typer.Option(
         False, help="Also write results/VOC2012/Segmentation/comp6_test_cls/*.png (open mode)."
     ),
+    skip_bad: bool = SkipBadOption,
+    devices: int | None = DevicesOption,
+    num_nodes: int | None = NumNodesOption,
 ) -> None:
-    """Evaluate SAM (+ adapter) on a split: mIoU table, report.json, PNG predictions."""
+    """Evaluate SAM (+ adapter) on a split: mIoU table, report.json, PNG predictions.
+
+    Resumable: the same command on the same output folder continues where it stopped.
+    With --devices N (--num-nodes M) every process segments its share of the split and
+    the confusion matrix is summed over all of them.
+    """
     cfg = resolve_config(
         config,
         overrides,
         **{
             "data.root": data_root,
+            "data.skip_bad": skip_bad or None,
             "model.adapter": adapter,
+            "prompts.detector": detector,
             "eval.split": split,
             "eval.mode": mode,
             "eval.out_dir": out,
@@ -142,81 +71,127 @@ def evaluate(
             "eval.device": device,
         },
     )
-    run_evaluation(cfg, sam=sam, boxes=boxes, voc_test_format=voc_test_format)
+    run_evaluation(
+        cfg,
+        sam=sam,
+        boxes=boxes,
+        voc_test_format=voc_test_format,
+        overwrite=overwrite,
+        devices=devices,
+        num_nodes=num_nodes,
+    )
+
+
+EVAL_OUTPUTS = ("label-guided", "open", "results", "report.json", "skipped.txt")
+"""What ``evaluate`` writes in its folder (``--overwrite`` clears these)."""
 
 
 def run_evaluation(
-    cfg: Any, *, sam: str | None = None, boxes: str | None = None, voc_test_format: bool = False
-) -> dict[str, Any]:
-    """The body of ``co2sam evaluate`` for a resolved config; returns the report."""
-    from co2sam.evaluate import evaluate_model, modes_of
+    cfg: Any,
+    *,
+    sam: str | None = None,
+    boxes: str | None = None,
+    voc_test_format: bool = False,
+    overwrite: bool = False,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+) -> dict[str, Any] | None:
+    """The body of ``co2sam evaluate`` for a resolved config; returns the report (main
+    process; None on the others)."""
+    from co2sam.commands.inference import (
+        box_source_record,
+        default_out_dir,
+        identity_of,
+        segment_split,
+        split_results,
+        start_split_run,
+    )
+    from co2sam.evaluate import modes_of
     from co2sam.metrics import metrics_table, write_report
     from co2sam.pseudo_labels import VOC_TEST_FOLDER, PredictionWriter
     from co2sam.visualize import confusion_matrix_figure
 
     split = cfg.eval.split
-    device = resolve_device(cfg.eval.device)
-    dataset = load_split(cfg, split)
-    source = resolve_boxes(cfg, split, dataset, boxes)
-    segmenter, base = load_segmenter(
-        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
-    )
     modes = modes_of(cfg.eval.mode)
-    out_dir = Path(cfg.eval.out_dir or Path("runs") / "eval" / split)
-    label_folders = (
-        {m: out_dir / m / "predictions" for m in modes} if cfg.eval.save_predictions else {}
+    out_dir = Path(cfg.eval.out_dir or default_out_dir("eval", cfg, split))
+    identity = identity_of("evaluate", cfg, split, sam, boxes)
+    identity.update(
+        modes=list(modes),
+        save_predictions=cfg.eval.save_predictions,
+        overlays=cfg.eval.overlays,
+        voc_test_format=voc_test_format,
     )
-    overlay_folders = {m: out_dir / m / "overlays" for m in modes} if cfg.eval.overlays else {}
-    writer = PredictionWriter(label_folders, overlay_folders, dataset.class_names)
-    test_mode = None
-    if voc_test_format:
-        test_mode = "open" if "open" in modes else modes[0]
-        test_writer = PredictionWriter({test_mode: out_dir / VOC_TEST_FOLDER})
+    with output_errors(out_dir):
+        run = start_split_run(
+            cfg,
+            identity=identity,
+            outputs=EVAL_OUTPUTS,
+            out_dir=out_dir,
+            split=split,
+            sam=sam,
+            boxes=boxes,
+            overwrite=overwrite,
+            devices=devices,
+            num_nodes=num_nodes,
+        )
+        dataset, source = run.dataset, run.source
+        label_folders = (
+            {m: out_dir / m / "predictions" for m in modes} if cfg.eval.save_predictions else {}
+        )
+        overlay_folders = {m: out_dir / m / "overlays" for m in modes} if cfg.eval.overlays else {}
+        writer = PredictionWriter(label_folders, overlay_folders, dataset.class_names)
+        test_mode = None
+        if voc_test_format:
+            test_mode = "open" if "open" in modes else modes[0]
+            test_writer = PredictionWriter({test_mode: out_dir / VOC_TEST_FOLDER})
 
-    def on_prediction(prediction: Any) -> None:
-        writer(prediction)
-        if test_mode is not None:
-            test_writer(prediction)
+        def on_prediction(prediction: Any) -> None:
+            writer(prediction)
+            if test_mode is not None:
+                test_writer(prediction)
 
-    console.print(
-        f"evaluating {split} ({len(dataset)} images) with {base}"
-        f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
-        f"boxes: {source.description}"
-    )
-    results = evaluate_model(
-        segmenter,
-        dataset,
-        source,
-        modes=modes,
-        batch_size=cfg.eval.batch_size,
-        limit=cfg.eval.limit,
-        on_prediction=on_prediction,
-        num_workers=cfg.data.num_workers,
-    )
-    report = {
-        "split": split,
-        "modes": list(modes),
-        "sam": base,
-        "adapter": cfg.model.adapter,
-        "box_source": box_source_record(source),
-        "miou_convention": "miou: mean IoU over classes present in the ground truth (WSSS); "
-        "miou_macro: torchmetrics MulticlassJaccardIndex macro (classes in GT or prediction)",
-        "class_names": list(dataset.class_names),
-        "results": results,
-        "config": cfg.to_dict(),
-    }
-    write_report(out_dir / "report.json", report)
-    for mode, metrics in results.items():
-        if metrics["num_images"] == 0:
-            console.print(f"[yellow]{split} has no ground-truth masks: no {mode} metrics[/]")
-            continue
-        title = f"{split} — {mode} mode — boxes: {source.origin}"
-        console.print(metrics_table(metrics, dataset.class_names, title))
-        confusion_matrix_figure(
-            metrics["confusion_matrix"],
-            dataset.class_names,
-            out_dir / mode / "confusion_matrix.png",
-            title=f"{split}, {mode} mode",
+        if run.processes.is_main:
+            console.print(
+                f"evaluating {split} ({len(dataset)} images"
+                f"{f', {run.processes.world_size} processes' if run.processes.distributed else ''})"
+                f" with {run.base}"
+                f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
+                f"boxes: {source.description}"
+            )
+        segment_split(run, cfg, modes=modes, on_prediction=on_prediction)
+        if not run.processes.is_main:
+            return None
+        results, _, skipped = split_results(run, modes)
+        report = {
+            "split": split,
+            "modes": list(modes),
+            "sam": run.base,
+            "adapter": cfg.model.adapter,
+            "box_source": box_source_record(source),
+            "miou_convention": "miou: mean IoU over classes present in the ground truth (WSSS); "
+            "miou_macro: torchmetrics MulticlassJaccardIndex macro (classes in GT or prediction)",
+            "class_names": list(dataset.class_names),
+            "results": results,
+            "skipped": skipped,
+            "config": cfg.to_dict(),
+        }
+        write_report(out_dir / "report.json", report)
+        for mode, metrics in results.items():
+            if metrics["num_images"] == 0:
+                console.print(f"[yellow]{split} has no ground-truth masks: no {mode} metrics[/]")
+                continue
+            title = f"{split} — {mode} mode — boxes: {source.origin}"
+            console.print(metrics_table(metrics, dataset.class_names, title))
+            confusion_matrix_figure(
+                metrics["confusion_matrix"],
+                dataset.class_names,
+                out_dir / mode / "confusion_matrix.png",
+                title=f"{split}, {mode} mode",
+            )
+    if skipped:
+        console.print(
+            f"[yellow]{len(skipped)} image(s) skipped (unreadable files), not scored: "
+            f"{out_dir / 'skipped.txt'}[/]"
         )
     console.print(f"report: {out_dir / 'report.json'}")
     return report

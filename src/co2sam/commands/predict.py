@@ -8,6 +8,10 @@ from typing import Any
 import typer
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.guards import DevicesOption, NumNodesOption, launch, output_errors
+
+PREDICT_OUTPUTS = ("labels", "overlays", "details", "skipped.txt")
+"""What ``predict`` writes in its folder (``--overwrite`` clears these)."""
 
 
 def predict(
@@ -28,11 +32,24 @@ def predict(
         None, help="Boxes per image: a JSON file {image: [{xyxy, class, score}]} or a box cache."
     ),
     out: Path = typer.Option(Path("predictions"), help="Output folder."),
+    overwrite: bool = typer.Option(
+        False, help="Replace an output folder of another prediction run instead of refusing."
+    ),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    devices: int | None = DevicesOption,
+    num_nodes: int | None = NumNodesOption,
 ) -> None:
-    """Label PNG, colour overlay and per-class areas (JSON) for each image."""
-    from co2sam.commands.evaluate import load_segmenter, resolve_device
-    from co2sam.predict import list_images, predict_images
+    """Label PNG, colour overlay and per-class areas (JSON) for each image.
+
+    A folder: every readable image is segmented and the unreadable ones are listed (and
+    kept in OUT/skipped.txt). Resumable: the same command on the same folder continues.
+    With --devices N (--num-nodes M) the images are shared among the processes.
+    """
+    from co2sam.commands.inference import fingerprint, load_segmenter, resolve_device
+    from co2sam.data.preflight import SKIPPED_FILE, SkipLog
+    from co2sam.models.adapter_io import WEIGHTS_FILE
+    from co2sam.output_folder import OutputFolder, OutputFolderError
+    from co2sam.predict import list_images, output_names, predict_images
 
     if (detector is None) == (boxes is None):
         fail("give exactly one box source: --detector ID_OR_FOLDER or --boxes FILE")
@@ -40,24 +57,85 @@ def predict(
     class_names = _class_names(cfg, classes, config)
     try:
         image_paths = list_images(images)
-    except FileNotFoundError as error:
+        names = output_names(image_paths)
+    except (FileNotFoundError, ValueError) as error:
         fail(str(error))
         raise
-    boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
-    segmenter, base = load_segmenter(
-        sam or (None if cfg.model.adapter else cfg.model.sam),
-        cfg.model.adapter,
-        resolve_device(cfg.eval.device),
-    )
-    results = predict_images(segmenter, image_paths, boxes_fn, class_names, out)
-    for result in results:
-        found = ", ".join(
-            f"{name} {100 * area['fraction']:.1f}%"
-            for name, area in result.areas.items()
-            if name != class_names[0]
+    processes = launch(devices, num_nodes, cfg.eval.device)
+    identity = {
+        "command": "predict",
+        "images": str(images.resolve()),
+        "classes": list(class_names),
+        "adapter": str(Path(cfg.model.adapter).resolve()) if cfg.model.adapter else None,
+        "adapter_sha256": fingerprint(Path(cfg.model.adapter) / WEIGHTS_FILE)
+        if cfg.model.adapter
+        else None,
+        "sam": sam or (None if cfg.model.adapter else cfg.model.sam),
+        "detector": detector,
+        "boxes": str(boxes.resolve()) if boxes else None,
+        "boxes_sha256": fingerprint(boxes) if boxes else None,
+        "max_boxes": cfg.prompts.max_boxes,
+    }
+    with output_errors(out):
+        folder = OutputFolder(
+            out, identity, outputs=PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
         )
-        console.print(f"{result.image.name}: {found or 'background only'}")
-    console.print(f"{len(results)} image(s) segmented with {base}; outputs in {out}")
+        try:
+            folder.open()
+        except OutputFolderError as error:
+            fail(str(error))
+        try:
+            done = folder.done
+            todo = processes.shard([path for path in image_paths if names[path] not in done])
+            if processes.distributed:
+                cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
+            boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
+            device_used = (
+                processes.device if processes.distributed else resolve_device(cfg.eval.device)
+            )
+            segmenter, base = load_segmenter(
+                sam or (None if cfg.model.adapter else cfg.model.sam),
+                cfg.model.adapter,
+                device_used,
+            )
+            skipped = SkipLog(out / SKIPPED_FILE)
+
+            def on_result(result: Any) -> None:
+                folder.record(result.name, areas=result.areas)
+                found = ", ".join(
+                    f"{name} {100 * area['fraction']:.1f}%"
+                    for name, area in result.areas.items()
+                    if name != class_names[0]
+                )
+                console.print(f"{result.image.name}: {found or 'background only'}")
+
+            predict_images(
+                segmenter,
+                todo,
+                boxes_fn,
+                class_names,
+                out,
+                names=names,
+                progress=processes.is_main,
+                on_unreadable=lambda path, reason: skipped.add(names[path], str(path), reason),
+                on_result=on_result,
+            )
+        finally:
+            folder.close()
+        processes.barrier()
+    if not processes.is_main:
+        return
+    finished = folder.records()
+    segmented = sum(names[path] in finished for path in image_paths)
+    listed = skipped.listed()
+    unreadable = [p for p in image_paths if names[p] in listed and names[p] not in finished]
+    if unreadable:
+        console.print(f"[yellow]{len(unreadable)} unreadable image(s), not segmented:[/]")
+        for path in unreadable:
+            console.print(f"  {path}: {listed[names[path]]}")
+    if not segmented:
+        fail(f"no image of {images} could be read (see {out / SKIPPED_FILE})")
+    console.print(f"{segmented} image(s) segmented with {base}; outputs in {out}")
 
 
 def _class_names(cfg: Any, classes: str | None, config: str | None) -> tuple[str, ...]:
@@ -72,13 +150,13 @@ def _class_names(cfg: Any, classes: str | None, config: str | None) -> tuple[str
         fail('give the classes: --classes "dog,sofa" or --config voc')
     if cfg.data.dataset in ("voc", "coco") and not cfg.data.root:
         return dataset_classes(cfg.data.dataset)
-    from co2sam.commands.evaluate import load_split
+    from co2sam.commands.inference import load_split
 
     return tuple(load_split(cfg, cfg.data.val_split).class_names)
 
 
 def _boxes_fn(cfg: Any, class_names: tuple[str, ...], detector: str | None, boxes: Path | None):
-    """(image stem, HWC uint8 image) -> Boxes in the original frame."""
+    """(output name, HWC uint8 image) -> Boxes in the original frame."""
     from co2sam.records import Boxes
 
     max_boxes = cfg.prompts.max_boxes
@@ -105,10 +183,11 @@ def _boxes_fn(cfg: Any, class_names: tuple[str, ...], detector: str | None, boxe
         fail(str(error))
         raise
 
-    def lookup(stem: str, image: Any) -> Boxes:
-        if stem not in by_id:
-            console.print(f"[yellow]{boxes} has no boxes for {stem}: all background[/]")
+    def lookup(name: str, image: Any) -> Boxes:
+        key = name if name in by_id else Path(name).stem
+        if key not in by_id:
+            console.print(f"[yellow]{boxes} has no boxes for {name}: all background[/]")
             return Boxes()
-        return by_id[stem].top_k(max_boxes)
+        return by_id[key].top_k(max_boxes)
 
     return lookup

@@ -8,6 +8,10 @@ from typing import Any
 import typer
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
+
+PSEUDO_LABEL_OUTPUTS = ("SegmentationClass", "ImageSets", "report.json", "skipped.txt")
+"""What ``pseudo-labels`` writes in its folder (``--overwrite`` clears these)."""
 
 
 def pseudo_labels(
@@ -25,14 +29,26 @@ def pseudo_labels(
     boxes: str | None = typer.Option(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
     ),
-    out: Path | None = typer.Option(None, help="Output folder (default runs/pseudo_labels/SPLIT)."),
+    detector: str | None = typer.Option(
+        None, help="Detector the box cache was made with, or to run live (prompts.detector)."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Output folder (default runs/pseudo_labels/<dataset>-<split>/<adapter>)."
+    ),
+    overwrite: bool = typer.Option(
+        False, help="Replace the output folder of another run instead of refusing."
+    ),
     limit: int | None = typer.Option(None, help="Only the first N images."),
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    skip_bad: bool = SkipBadOption,
+    devices: int | None = DevicesOption,
+    num_nodes: int | None = NumNodesOption,
 ) -> None:
     """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter.
 
     Label-guided by default; scored against the ground truth when the split has masks.
+    Resumable, and sharded over --devices N (--num-nodes M) like evaluate.
     """
     if mode not in ("label-guided", "open"):
         fail(f"--mode must be label-guided or open, got {mode!r}")
@@ -41,13 +57,25 @@ def pseudo_labels(
         overrides,
         **{
             "data.root": data_root,
+            "data.skip_bad": skip_bad or None,
             "model.adapter": adapter,
+            "prompts.detector": detector,
             "eval.limit": limit,
             "eval.batch_size": batch_size,
             "eval.device": device,
         },
     )
-    run_pseudo_labels(cfg, split=split, mode=mode, sam=sam, boxes=boxes, out=out)
+    run_pseudo_labels(
+        cfg,
+        split=split,
+        mode=mode,
+        sam=sam,
+        boxes=boxes,
+        out=out,
+        overwrite=overwrite,
+        devices=devices,
+        num_nodes=num_nodes,
+    )
 
 
 def run_pseudo_labels(
@@ -58,54 +86,72 @@ def run_pseudo_labels(
     sam: str | None = None,
     boxes: str | None = None,
     out: Path | None = None,
-) -> dict[str, Any]:
-    """The body of ``co2sam pseudo-labels`` for a resolved config; returns the report."""
-    from co2sam.commands.evaluate import (
+    overwrite: bool = False,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+) -> dict[str, Any] | None:
+    """The body of ``co2sam pseudo-labels`` for a resolved config; returns the report
+    (main process; None on the others)."""
+    from co2sam.commands.inference import (
         box_source_record,
-        load_segmenter,
-        load_split,
-        resolve_boxes,
-        resolve_device,
+        default_out_dir,
+        identity_of,
+        segment_split,
+        split_results,
+        start_split_run,
     )
     from co2sam.metrics import metrics_table, write_report
-    from co2sam.pseudo_labels import export_pseudo_labels
+    from co2sam.pseudo_labels import PredictionWriter, write_split_list
 
     split = split or cfg.data.train_split
-    device = resolve_device(cfg.eval.device)
-    dataset = load_split(cfg, split)
-    source = resolve_boxes(cfg, split, dataset, boxes)
-    segmenter, base = load_segmenter(
-        sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
-    )
-    out_dir = Path(out or Path("runs") / "pseudo_labels" / split)
-    console.print(
-        f"pseudo-labels for {split} ({len(dataset)} images), {mode} mode, "
-        f"boxes: {source.description}"
-    )
-    metrics = export_pseudo_labels(
-        segmenter,
-        dataset,
-        source,
-        out_dir,
-        mode=mode,
-        split=split,
-        batch_size=cfg.eval.batch_size,
-        limit=cfg.eval.limit,
-        num_workers=cfg.data.num_workers,
-    )
-    report = {
-        "split": split,
-        "mode": mode,
-        "sam": base,
-        "adapter": cfg.model.adapter,
-        "box_source": box_source_record(source),
-        "class_names": list(dataset.class_names),
-        "metrics": metrics,
-        "config": cfg.to_dict(),
-    }
-    write_report(out_dir / "report.json", report)
+    out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split))
+    identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
+    identity["mode"] = mode
+    with output_errors(out_dir):
+        run = start_split_run(
+            cfg,
+            identity=identity,
+            outputs=PSEUDO_LABEL_OUTPUTS,
+            out_dir=out_dir,
+            split=split,
+            sam=sam,
+            boxes=boxes,
+            overwrite=overwrite,
+            devices=devices,
+            num_nodes=num_nodes,
+        )
+        dataset, source = run.dataset, run.source
+        label_folder = out_dir / "SegmentationClass"
+        if run.processes.is_main:
+            console.print(
+                f"pseudo-labels for {split} ({len(dataset)} images), {mode} mode, "
+                f"boxes: {source.description}"
+            )
+        segment_split(run, cfg, modes=(mode,), on_prediction=PredictionWriter({mode: label_folder}))
+        if not run.processes.is_main:
+            return None
+        results, written, skipped = split_results(run, (mode,))
+        write_split_list(out_dir, split, written)
+        metrics = {**results[mode], "label_folder": str(label_folder), "num_written": len(written)}
+        report = {
+            "split": split,
+            "mode": mode,
+            "sam": run.base,
+            "adapter": cfg.model.adapter,
+            "box_source": box_source_record(source),
+            "class_names": list(dataset.class_names),
+            "metrics": metrics,
+            "skipped": skipped,
+            "config": cfg.to_dict(),
+        }
+        write_report(out_dir / "report.json", report)
     if metrics["num_images"]:
         title = f"pseudo-labels {split} vs. ground truth — {mode} mode — boxes: {source.origin}"
         console.print(metrics_table(metrics, dataset.class_names, title))
+    if skipped:
+        console.print(
+            f"[yellow]{len(skipped)} image(s) skipped (unreadable files): "
+            f"{out_dir / 'skipped.txt'}[/]"
+        )
     console.print(f"{metrics['num_written']} pseudo-labels in {metrics['label_folder']}")
     return report

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.guards import SkipBadOption, output_errors, print_preflight_problems
 
 BOX_SOURCES = ("cache", "detector", "oracle")
 
@@ -24,6 +25,10 @@ def train(
         help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
         "or cache / detector (live Grounding DINO) / oracle (ground-truth masks).",
     ),
+    detector: str | None = typer.Option(
+        None, help="Detector the box caches were made with, or to run live (prompts.detector)."
+    ),
+    skip_bad: bool = SkipBadOption,
     out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
     devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
     num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
@@ -69,7 +74,9 @@ def train(
         out = run_dir
     flags: dict[str, object] = {
         "data.root": data_root,
+        "data.skip_bad": skip_bad or None,
         "model.sam": sam,
+        "prompts.detector": detector,
         "train.out_dir": out,
         "train.devices": devices,
         "train.num_nodes": num_nodes,
@@ -93,16 +100,22 @@ def train(
     cfg = resolve_config(config, overrides, **flags)
 
     from co2sam.data import DatasetError
+    from co2sam.data.preflight import PreflightError
     from co2sam.prompts import BoxCacheError
     from co2sam.train.checkpoint import CheckpointError
     from co2sam.train.loop import NonFiniteLossError, RunDirError, TrainingInterrupted, fit
 
     try:
-        result = fit(cfg, resume=resume_from, progress=progress)
+        with output_errors(cfg.train.out_dir):
+            result = fit(cfg, resume=resume_from, progress=progress)
     except TrainingInterrupted as stopped:
         if stopped.rank == 0:
             console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
         raise typer.Exit(stopped.exit_code) from None
+    except PreflightError as error:
+        print_preflight_problems(error)
+        fail(str(error), code=1)
+        return
     except (
         BoxCacheError,
         CheckpointError,

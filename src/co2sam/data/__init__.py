@@ -26,19 +26,23 @@ __all__ = [
 ]
 
 
-def build_dataset(data_config: DataConfig, split: str) -> SegmentationDataset:
+def build_dataset(
+    data_config: DataConfig, split: str, *, check_masks: bool = True
+) -> SegmentationDataset:
     """The dataset of ``split`` described by ``data_config`` (dataset kind and root).
 
     ``voc`` and ``synthetic`` read the VOC layout (generated data is written in it),
     ``coco`` reads the output of ``co2sam prepare coco``, ``folder`` a custom folder.
     Raises :class:`DatasetError` naming the folder or file and the fix.
+    check_masks: refuse a split where some masks are missing; False leaves each one to
+        the pre-flight (co2sam.data.preflight), which lists them all.
     """
     if not data_config.root:
         raise DatasetError("data.root is not set (pass --data-root or --set data.root=PATH)")
     if data_config.dataset in ("voc", "synthetic"):
         from co2sam.data.voc import VocDataset
 
-        return VocDataset(data_config.root, split)
+        return VocDataset(data_config.root, split, check_masks=check_masks)
     if data_config.dataset == "coco":
         from co2sam.data.coco import CocoDataset
 
@@ -46,7 +50,7 @@ def build_dataset(data_config: DataConfig, split: str) -> SegmentationDataset:
     if data_config.dataset == "folder":
         from co2sam.data.folder import FolderDataset
 
-        return FolderDataset(data_config.root, split)
+        return FolderDataset(data_config.root, split, check_masks=check_masks)
     raise DatasetError(f"unknown dataset kind {data_config.dataset!r}")
 
 

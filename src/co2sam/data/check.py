@@ -14,16 +14,17 @@ Levels:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from co2sam.classes import IGNORE_INDEX
 from co2sam.data.base import SegmentationDataset
 from co2sam.data.image_io import (
     DatasetError,
+    mask_values,
+    probe_image,
     read_image_with_report,
     read_label_png,
 )
@@ -39,6 +40,8 @@ class Problem:
     file: str
     problem: str
     handling: str
+    image_id: str = ""
+    """The dataset id of the image the file belongs to (to leave it out)."""
 
 
 def open_for_check(kind: str, root: str | Path, split: str) -> SegmentationDataset:
@@ -85,18 +88,32 @@ def _relative(path: Path | None, root: Path) -> str:
         return str(path)
 
 
-def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
-    """Problems of one item of ``dataset``."""
+def scan_item(dataset: SegmentationDataset, index: int, *, fast: bool = False) -> list[Problem]:
+    """Problems of one item of ``dataset``.
+
+    fast: check images with :func:`co2sam.data.image_io.probe_image` (the pre-flight of
+        long commands): the same errors, without the ``converted`` notes.
+    """
+    problems = list(_scan_item(dataset, index, fast))
+    for problem in problems:
+        problem.image_id = dataset.ids[index]
+    return problems
+
+
+def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator[Problem]:
     image_id = dataset.ids[index]
     split, root = dataset.split, dataset.root
     image_path = dataset.image_path(image_id)
     image_name = _relative(image_path, root)
     image_size = None
     try:
-        image, report = read_image_with_report(image_path)
-        image_size = image.shape[:2]
-        for found, handling in report.conversions:
-            yield Problem("converted", split, image_name, found, handling)
+        if fast:
+            image_size = probe_image(image_path)
+        else:
+            image, report = read_image_with_report(image_path)
+            image_size = image.shape[:2]
+            for found, handling in report.conversions:
+                yield Problem("converted", split, image_name, found, handling)
     except DatasetError as error:
         kind = "missing image" if not image_path.is_file() else "unreadable image"
         yield Problem("error", split, image_name, kind, str(error))
@@ -115,7 +132,7 @@ def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
                 kind = "unreadable mask"
             yield Problem("error", split, mask_name, kind, str(error))
         if mask is not None:
-            values = np.unique(mask)
+            values = mask_values(mask)
             bad = [int(v) for v in values if v >= dataset.num_classes and v != IGNORE_INDEX]
             if bad:
                 yield Problem(
@@ -137,7 +154,7 @@ def scan_item(dataset: SegmentationDataset, index: int) -> Iterator[Problem]:
     if dataset.labels_from_masks and mask is None:
         return  # no mask (VOC test, or reported above): the labels are unknown
     try:
-        labels = dataset.image_labels(index)
+        labels = dataset._labels_of(index, mask)  # VOC: from the mask read above
     except DatasetError as error:
         yield Problem("error", split, image_name, "labels unreadable", str(error))
         return
@@ -155,12 +172,28 @@ def scan_dataset(
     dataset: SegmentationDataset,
     *,
     limit: int | None = None,
+    indices: Sequence[int] | None = None,
+    fast: bool = False,
+    workers: int = 1,
     on_item: Callable[[], None] | None = None,
 ) -> list[Problem]:
-    """Problems of the first ``limit`` items (all by default) of ``dataset``."""
+    """Problems of the first ``limit`` items (all by default) of ``dataset``.
+
+    indices: scan these items instead (in this order). workers: threads reading files
+    (image decoding releases the GIL); problems come back in item order either way.
+    """
+    if indices is None:
+        indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     problems: list[Problem] = []
-    for index in range(len(dataset) if limit is None else min(limit, len(dataset))):
-        problems.extend(scan_item(dataset, index))
-        if on_item is not None:
-            on_item()
+    if workers <= 1:
+        for index in indices:
+            problems.extend(scan_item(dataset, index, fast=fast))
+            if on_item is not None:
+                on_item()
+        return problems
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for found in pool.map(lambda index: scan_item(dataset, index, fast=fast), indices):
+            problems.extend(found)
+            if on_item is not None:
+                on_item()
     return problems

@@ -116,6 +116,8 @@ class FolderDataset(SegmentationDataset):
             self._labels[image_id] = image_labels
         self.ids = list(self._paths)
         split_file = self.root / f"{split}.txt"
+        self.split_listed = split_file.is_file()
+        """Whether ``<split>.txt`` lists the split (else the split is every image)."""
         if split_file.is_file():
             wanted = read_split_list(split_file)
             missing = [i for i in wanted if i not in self._paths]

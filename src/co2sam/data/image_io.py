@@ -109,6 +109,50 @@ def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
     return array, ImageReport(mode=mode, size=array.shape[:2], conversions=conversions)
 
 
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image as :func:`read_image` would return it, checked more cheaply.
+
+    Decodes the whole file, as the loaders do, so a truncated or corrupt file fails
+    here, but JPEGs at 1/8 scale (libjpeg's DCT scaling reads every byte for a fraction
+    of the work) and PNGs by their chunk checksums only. Raises :class:`DatasetError`
+    naming the file, like :func:`read_image`.
+    """
+    path = Path(path)
+    image = _open_header(path)
+    width, height = image.size
+    try:
+        if image.format == "PNG":
+            image.verify()  # must come first; the image is unusable afterwards
+            image = _open_header(path)
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if image.format == "JPEG":
+            image.draft("RGB", (max(width // 8, 1), max(height // 8, 1)))
+            image.load()
+        elif image.format != "PNG":
+            image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(
+            f"cannot read {path}: {error} (the file is truncated or not an image; "
+            "re-download or remove it from the split list)"
+        ) from error
+    return (width, height) if orientation in _SWAPS_SIDES else (height, width)
+
+
+def _open_header(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DatasetError(f"image not found: {path} (check data.root and the split list)")
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(
+            f"cannot read {path}: {error} (the file is truncated or not an image; "
+            "re-download or remove it from the split list)"
+        ) from error
+
+
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 class indices (palette indices, not colours).
 
@@ -158,5 +202,12 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> list[int]:
 
     Background (0), ignore (255) and out-of-range values are excluded.
     """
-    present = np.unique(mask)
+    present = mask_values(mask)
     return [int(value) for value in present if 0 < value < num_classes]
+
+
+def mask_values(mask: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a label map (a histogram for uint8: no sort)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.reshape(-1), minlength=256))
+    return np.unique(mask)

@@ -198,6 +198,11 @@ def run_demo(
         raise FileExistsError(
             f"{out_dir} already holds a demo run; remove it or pass another --out folder"
         )
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileExistsError(
+            f"{out_dir} is not empty and is not a demo run; the demo writes config.yaml, "
+            "report.json, train/ and images/ into its folder, so pass a new or empty --out"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()

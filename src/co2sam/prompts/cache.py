@@ -19,6 +19,13 @@ detector confidences in [0, 1] (rounded to 1e-5).
 
 The file is append-only: a killed run leaves at worst a truncated last line, which
 :class:`BoxCacheWriter` drops when it resumes, so no image is lost or written twice.
+
+One writer at a time: :class:`BoxCacheWriter` holds a lock on ``<file>.lock`` while it
+is open (released by the system if the process dies), so a second ``co2sam boxes`` on
+the same cache is refused at once (:class:`BoxCacheBusyError`) instead of interleaving
+lines. The processes of one sharded run write their own part files
+(``<split>.part-<rank>.jsonl``, :func:`part_path`), merged into the cache by the main
+process (:meth:`BoxCacheWriter.merge_parts`), also after a killed run.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,10 @@ FORMAT_VERSION = 1
 
 class BoxCacheError(ValueError):
     """A box cache cannot be used (unreadable, made with other settings, incomplete)."""
+
+
+class BoxCacheBusyError(BoxCacheError):
+    """Another process is writing the box cache now."""
 
 
 class MissingBoxesError(KeyError):
@@ -124,12 +135,61 @@ def check_settings(path: Path, found: Mapping[str, Any], expected: Mapping[str, 
         if not _same(found.get(key), value)
     ]
     if differing:
+        use_it = ""
+        if "detector" in expected and not _same(found.get("detector"), expected["detector"]):
+            use_it = (
+                f"To use these boxes, pass --detector {found.get('detector')} (the detector "
+                "they were made with). "
+            )
         raise BoxCacheError(
             f"box cache {path} was made with other settings:\n  "
             + "\n  ".join(differing)
-            + "\nRe-run `co2sam boxes` with the current config (add --overwrite to replace "
-            "the file), or point prompts.cache_dir at a cache made with these settings."
+            + f"\n{use_it}Re-run `co2sam boxes` with the current config (add --overwrite to "
+            "replace the file), or point prompts.cache_dir at a cache made with these settings."
         )
+
+
+def part_path(path: str | Path, rank: int) -> Path:
+    """The part file process ``rank`` of a sharded run writes (``val.part-1.jsonl``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.part-{rank}{path.suffix}")
+
+
+def _parts_of(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.stem}.part-*{path.suffix}"))
+
+
+class cache_lock:
+    """The lock of a cache file, taken at once or :class:`BoxCacheBusyError`."""
+
+    def __init__(self, path: Path) -> None:
+        from filelock import FileLock
+
+        self.path = Path(path)
+        self._lock = FileLock(self.path.with_name(self.path.name + ".lock"), timeout=0)
+
+    def acquire(self) -> cache_lock:
+        from filelock import Timeout
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise BoxCacheBusyError(
+                f"another process is writing the box cache {self.path} now (lock "
+                f"{self._lock.lock_file}); wait for it to finish. To use more GPUs, run one "
+                "`co2sam boxes --devices N` instead of several commands"
+            ) from None
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> cache_lock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class BoxCacheWriter:
@@ -138,15 +198,33 @@ class BoxCacheWriter:
     Use as a context manager. If ``path`` exists with the same ``settings`` it is
     resumed: a truncated last line is cut off and :attr:`done` holds the ids already
     written (skip them). A file with other settings raises :class:`BoxCacheError`
-    unless ``overwrite`` is set.
+    unless ``overwrite`` is set (which also drops part files of a sharded run). The
+    file is locked while the writer is open (:class:`BoxCacheBusyError` if another
+    process holds it; ``lock=False`` when the caller holds the lock).
     """
 
     def __init__(
-        self, path: str | Path, settings: Mapping[str, Any], *, overwrite: bool = False
+        self,
+        path: str | Path,
+        settings: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        lock: bool = True,
     ) -> None:
         self.path = Path(path)
         self.settings = _jsonable(dict(settings))
         self.done: set[str] = set()
+        self._lock = cache_lock(self.path).acquire() if lock else None
+        try:
+            self._open(overwrite)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, overwrite: bool) -> None:
+        if overwrite:
+            for part in _parts_of(self.path):
+                part.unlink()
         if self.path.exists() and not overwrite:
             found, entries, good_bytes = _read(self.path)
             check_settings(self.path, found, self.settings)
@@ -167,9 +245,39 @@ class BoxCacheWriter:
         self._write_line(encode_entry(image_id, boxes))
         self.done.add(image_id)
 
+    def merge_parts(self, order: Sequence[str] = ()) -> int:
+        """Append the entries of the part files of a sharded run, then delete them.
+
+        order: image ids in split order; merged entries follow it (others after them), so
+        a sharded run writes the same file as one process. Ids already in the cache are
+        skipped; a part made with other settings raises :class:`BoxCacheError`. Returns
+        the number of images added. The parts' writers must be closed.
+        """
+        parts = _parts_of(self.path)
+        found: dict[str, Boxes] = {}
+        for part in parts:
+            settings, entries, _ = _read(part)
+            check_settings(part, settings, self.settings)
+            for image_id, boxes in entries.items():
+                if image_id not in self.done:
+                    found.setdefault(image_id, boxes)
+        position = {image_id: index for index, image_id in enumerate(order)}
+        for image_id in sorted(found, key=lambda i: (position.get(i, len(position)), i)):
+            self.write(image_id, found[image_id])
+        for part in parts:
+            part.unlink()
+            part.with_name(part.name + ".lock").unlink(missing_ok=True)
+        return len(found)
+
     def close(self) -> None:
         if not self._handle.closed:
             self._handle.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> BoxCacheWriter:
         return self
@@ -184,17 +292,42 @@ class BoxCacheWriter:
 
 
 def write_box_cache(
-    path: str | Path, settings: Mapping[str, Any], boxes_by_id: Mapping[str, Boxes]
+    path: str | Path,
+    settings: Mapping[str, Any],
+    boxes_by_id: Mapping[str, Boxes],
+    *,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a whole cache at once (atomically: temporary file, then rename)."""
+    """Write a whole cache at once (atomically: temporary file, then rename).
+
+    An existing cache is replaced only with ``overwrite`` (else :class:`BoxCacheError`).
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    with BoxCacheWriter(tmp, settings, overwrite=True) as writer:
-        for image_id, boxes in boxes_by_id.items():
-            writer.write(image_id, boxes)
-    tmp.replace(path)
+    with cache_lock(path):
+        if path.exists() and not overwrite:
+            raise BoxCacheError(
+                f"{path} already exists ({_summary(path)}); pass --overwrite to replace it, "
+                "or --out to write another file"
+            )
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        with BoxCacheWriter(tmp, settings, overwrite=True, lock=False) as writer:
+            for image_id, boxes in boxes_by_id.items():
+                writer.write(image_id, boxes)
+        tmp.replace(path)
     return path
+
+
+def _summary(path: Path) -> str:
+    """``N images, origin ..., detector ...`` of a cache file, for messages."""
+    try:
+        settings, entries, _ = _read(path)
+    except (BoxCacheError, OSError) as error:
+        return f"not a readable box cache: {error}"
+    detector = settings.get("detector")
+    return f"{len(entries)} images, origin {settings.get('origin', '?')}" + (
+        f", detector {detector}" if detector else ""
+    )
 
 
 def encode_entry(image_id: str, boxes: Boxes) -> dict[str, Any]:

@@ -35,7 +35,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from co2sam.config import Co2SamConfig
+from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, checked_split
 from co2sam.losses import LOSS_NAMES
+from co2sam.parallel import from_fabric
 from co2sam.records import Boxes, Sample
 from co2sam.train.checkpoint import (
     copy_checkpoint,
@@ -65,7 +67,7 @@ from co2sam.train.run_dir import (
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
 from co2sam.train.template_cache import TemplateCache
-from co2sam.train.validation import val_metrics, validate
+from co2sam.train.validation import check_validation_split, val_metrics, validate
 from co2sam.train.workers import WorkerGuard
 
 __all__ = [
@@ -207,12 +209,18 @@ def fit(
         raise ValueError("the segmenter has no LoRA parameters: build it with attach_lora")
     fabric.seed_everything(train.seed + fabric.global_rank, verbose=False)
 
-    train_dataset, boxes_fn = _train_data(config, train_dataset, boxes_fn)
+    skipped = SkipLog(run_dir / SKIPPED_FILE)
+    train_dataset = _split_data(config, "train", train_dataset, fabric, skipped)
     if train.val_every > 0:
-        val_dataset, val_boxes_fn = _val_data(config, val_dataset, val_boxes_fn)
+        val_dataset = _split_data(config, "val", val_dataset, fabric, skipped)
+        check_validation_split(train_dataset, val_dataset)
+        val_boxes_fn = _boxes_of(config, config.data.val_split, val_dataset, val_boxes_fn)
+    boxes_fn = _boxes_of(config, config.data.train_split, train_dataset, boxes_fn)
     training_set, sampler, loader = _loader(config, train_dataset, boxes_fn, fabric)
 
-    optimizer, scheduler = build_optimizer(parameters, config.optim)
+    optimizer, scheduler = build_optimizer(
+        parameters, config.optim, images_per_step=train.batch_size * fabric.world_size
+    )
     model, optimizer = fabric.setup(segmenter, optimizer)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
 
@@ -439,29 +447,26 @@ def _zero_loss(model: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def _train_data(config, dataset, boxes_fn):
+def _split_data(config, which, dataset, fabric, skipped):
+    """The ``train`` or ``val`` split (first ``train.limit_<which>`` images), checked by the
+    pre-flight, unreadable files skipped (co2sam.data.preflight)."""
     if dataset is None:
         from co2sam.data import build_dataset
 
-        dataset = build_dataset(config.data, config.data.train_split)
-    dataset = limit_dataset(dataset, config.train.limit_train)
+        split = config.data.train_split if which == "train" else config.data.val_split
+        dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
+    limit = config.train.limit_train if which == "train" else config.train.limit_val
+    dataset = limit_dataset(dataset, limit)
+    return checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
+
+
+def _boxes_of(config, split, dataset, boxes_fn):
+    """``boxes_fn`` (default: ``prompts.box_source``), giving no box to skipped images."""
     if boxes_fn is None:
         from co2sam.prompts import box_source
 
-        boxes_fn = box_source(config, config.data.train_split, dataset)
-    return dataset, boxes_fn
-
-
-def _val_data(config, dataset, boxes_fn):
-    if dataset is None:
-        from co2sam.data import build_dataset
-
-        dataset = build_dataset(config.data, config.data.val_split)
-    if boxes_fn is None:
-        from co2sam.prompts import box_source
-
-        boxes_fn = box_source(config, config.data.val_split, dataset)
-    return dataset, boxes_fn
+        boxes_fn = box_source(config, split, dataset)
+    return SkipPlaceholders(boxes_fn)
 
 
 def _loader(config, dataset, boxes_fn, fabric):

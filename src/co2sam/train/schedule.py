@@ -22,25 +22,32 @@ def lr_factor(step: int, *, warmup_steps: int, milestones: Sequence[int], gamma:
     return gamma**passed
 
 
-def make_lr_lambda(config: OptimConfig) -> Callable[[int], float]:
-    """The ``LambdaLR`` function for ``config`` (a plain closure over its numbers)."""
+def make_lr_lambda(config: OptimConfig, images_per_step: int = 1) -> Callable[[int], float]:
+    """The ``LambdaLR`` function for ``config`` (a plain closure over its numbers).
+
+    images_per_step: the effective batch, ``train.batch_size x processes``; with
+        ``schedule_unit: image`` the warm-up and milestones count ``step x`` this.
+    """
     warmup, milestones, gamma = config.warmup_steps, tuple(config.milestones), config.gamma
+    scale = images_per_step if config.schedule_unit == "image" else 1
 
     def factor(step: int) -> float:
-        return lr_factor(step, warmup_steps=warmup, milestones=milestones, gamma=gamma)
+        return lr_factor(step * scale, warmup_steps=warmup, milestones=milestones, gamma=gamma)
 
     return factor
 
 
 def build_optimizer(
-    parameters: Sequence[torch.nn.Parameter], config: OptimConfig
+    parameters: Sequence[torch.nn.Parameter], config: OptimConfig, images_per_step: int = 1
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
     """Adam (lr, weight decay from ``config``) on ``parameters`` and its LambdaLR schedule.
 
-    The scheduler is stepped once per optimizer step.
+    The scheduler is stepped once per optimizer step; ``images_per_step`` is the
+    effective batch (see :func:`make_lr_lambda`).
     """
     if not parameters:
         raise ValueError("no trainable parameters: attach LoRA adapters before training")
     optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config))
+    schedule = make_lr_lambda(config, images_per_step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return optimizer, scheduler

@@ -12,41 +12,85 @@ from co2sam.train.run_dir import save_adapter_folder
 
 
 def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
-    """Evaluate on rank 0 (label-guided and open), record it, keep the best adapter."""
-    record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
-    if fabric.global_rank == 0:
-        from co2sam.evaluate import evaluate_model
+    """Evaluate (label-guided and open) on every process, record it, keep the best adapter.
 
-        with torch.no_grad():
-            record["metrics"] = evaluate_model(
-                segmenter,
-                dataset,
-                boxes_fn,
-                modes=("label-guided", "open"),
-                batch_size=config.eval.batch_size,
-                device=fabric.device,
-                limit=config.train.limit_val,
-                progress=False,
-            )
-        guided = record["metrics"].get("label-guided", {}).get("miou")
-        opened = record["metrics"].get("open", {}).get("miou")
-        bar.print(
-            f"epoch {state['epoch']} step {state['step']}: val mIoU "
-            f"label-guided {_pct(guided)}, open {_pct(opened)}"
+    Process ``r`` of ``W`` segments images ``r, r + W, ...`` of the validation split
+    (``train.limit_val`` is applied when the split is loaded); the confusion matrices
+    are summed over the processes, so all of them see the same numbers and agree on the
+    best epoch, and none waits for one process to score the whole split.
+    """
+    from co2sam.data.preflight import SplitSubset
+    from co2sam.evaluate import evaluate_model
+    from co2sam.parallel import from_fabric
+
+    processes = from_fabric(fabric)
+    shard = SplitSubset(dataset, processes.shard(range(len(dataset))))
+    record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
+    with torch.no_grad():
+        record["metrics"] = evaluate_model(
+            segmenter,
+            shard,
+            boxes_fn,
+            modes=("label-guided", "open"),
+            batch_size=config.eval.batch_size,
+            device=fabric.device,
+            progress=False,
+            reduce_across_processes=processes.distributed,
         )
-        best = state["best"]
-        if guided is not None and (best is None or guided > best["miou"]):
-            state["best"] = {
-                "epoch": state["epoch"],
-                "step": state["step"],
-                "miou": float(guided),
-                "open_miou": None if opened is None else float(opened),
-            }
+    guided = record["metrics"].get("label-guided", {}).get("miou")
+    opened = record["metrics"].get("open", {}).get("miou")
+    bar.print(
+        f"epoch {state['epoch']} step {state['step']}: val mIoU "
+        f"label-guided {_pct(guided)}, open {_pct(opened)}"
+    )
+    best = state["best"]
+    if guided is not None and (best is None or guided > best["miou"]):
+        state["best"] = {
+            "epoch": state["epoch"],
+            "step": state["step"],
+            "miou": float(guided),
+            "open_miou": None if opened is None else float(opened),
+        }
+        if processes.is_main:
             save_adapter_folder(
                 segmenter, Path(config.train.out_dir) / "best", config, state, state["best"]
             )
     state["history"].append(_plain(record))
     fabric.barrier()
+
+
+def check_validation_split(train_dataset: Any, val_dataset: Any) -> None:
+    """Refuse to pick ``best/`` on training images (the custom-folder trap).
+
+    A folder dataset without ``<val_split>.txt`` puts every image in the validation
+    split, and a validation split made only of training images measures nothing; both
+    raise :class:`co2sam.data.DatasetError` with the fix.
+    """
+    from co2sam.data import DatasetError
+    from co2sam.data.preflight import split_items
+
+    split, _ = split_items(val_dataset)
+    fix = (
+        "write the validation images' names to {root}/{name}.txt (and the training images' to "
+        "its train list), point --set data.val_split=NAME at an existing NAME.txt, or train "
+        "without validation (no best/ adapter) with --set train.val_every=0"
+    )
+    if getattr(split, "split_listed", True) is False:
+        root = getattr(split, "root", "?")
+        raise DatasetError(
+            f"the folder dataset at {root} has no {split.split}.txt, so the validation split "
+            "would be every image, training images included, and best/ would be chosen on "
+            "them; " + fix.format(root=root, name=split.split)
+        )
+    train_ids = set(getattr(train_dataset, "ids", ()))
+    val_ids = list(getattr(val_dataset, "ids", ()))
+    if train_ids and val_ids and all(image_id in train_ids for image_id in val_ids):
+        root = getattr(split, "root", "?")
+        raise DatasetError(
+            f"every validation image ({len(val_ids)}, split {getattr(split, 'split', '?')!r}) "
+            "is also a training image, so best/ would be chosen on training images; "
+            + fix.format(root=root, name=getattr(split, "split", "val"))
+        )
 
 
 def val_metrics(record: dict[str, Any]) -> dict[str, float]:

@@ -1,0 +1,341 @@
+"""What the inference commands share: device, model, split and box-source resolution
+(``evaluate``, ``pseudo-labels``, ``predict``), and the sharded, resumable pass over a
+split of ``evaluate`` and ``pseudo-labels``:
+
+1. Fabric starts the processes (``--devices``, ``--num-nodes``; one by default).
+2. The output folder is claimed (:class:`co2sam.output_folder.OutputFolder`): a folder
+   of another run is refused, the same run resumes.
+3. The split is checked before any model is loaded (pre-flight, ``--skip-bad``).
+4. Each process segments its share of the images not done yet, writes their PNGs and
+   logs each image's confusion-matrix cells once its files are written.
+5. The main process sums the logged cells over the split: the same matrix for any
+   number of processes, and after any number of restarts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from co2sam.commands.common import console, fail
+from co2sam.commands.guards import checked_dataset, launch
+
+BOX_SOURCES = ("cache", "oracle", "detector")
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` -> CUDA when available, else CPU; any other torch device string as given."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        fail(f"unknown device {name!r} ({error}); use auto, cpu, cuda or cuda:N")
+        raise
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"device {name!r} asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
+    """A Segmenter on ``device`` and the SAM source it was built from.
+
+    With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
+    """
+    from co2sam.sam import Segmenter, load_adapter, load_sam
+
+    try:
+        if adapter:
+            model = load_adapter(sam, adapter)
+            base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
+        else:
+            if not sam:
+                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
+            model = load_sam(sam)
+            base = str(sam)
+    except (OSError, ValueError) as error:
+        fail(str(error))
+        raise
+    return Segmenter(model).to(device).eval(), base
+
+
+def _adapter_base(adapter: str) -> str:
+    from co2sam.models.adapter_io import read_adapter_metadata
+
+    return str(read_adapter_metadata(adapter).get("base", "?"))
+
+
+def resolve_boxes(config: Any, split: str, dataset: Any, boxes: str | None) -> Any:
+    """A ``prompts.BoxSource`` for the split.
+
+    boxes: None (``prompts.source`` of the config), ``cache`` / ``oracle`` / ``detector``,
+    or the path of a co2sam box cache file (``.jsonl``) to read instead of the default one.
+    """
+    from co2sam.prompts import BoxCacheError, box_source
+    from co2sam.prompts.source import cache_source
+
+    try:
+        if boxes is None or boxes in BOX_SOURCES:
+            if boxes is not None:
+                config.prompts.source = boxes
+            return box_source(config, split, dataset)
+        return cache_source(config, split, dataset, boxes)
+    except (OSError, BoxCacheError, ValueError) as error:
+        fail(str(error))
+        raise
+
+
+def load_split(config: Any, split: str, *, check_masks: bool = True) -> Any:
+    from co2sam.data import DatasetError, build_dataset
+
+    try:
+        return build_dataset(config.data, split, check_masks=check_masks)
+    except (DatasetError, OSError) as error:
+        fail(str(error))
+        raise
+
+
+def box_source_record(source: Any) -> dict[str, Any]:
+    """What a report says about where its boxes came from."""
+    return {
+        "origin": getattr(source, "origin", "custom"),
+        "description": getattr(source, "description", repr(source)),
+        "settings": getattr(source, "settings", {}),
+    }
+
+
+@dataclass
+class SplitRun:
+    """What a sharded pass over a split works with (see the module docstring)."""
+
+    processes: Any
+    dataset: Any
+    """The images of the run (``eval.limit`` applied, bad files left out or guarded)."""
+    source: Any
+    """``Sample -> Boxes`` (a ``prompts.BoxSource``; placeholders get no box)."""
+    segmenter: Any
+    base: str
+    folder: Any
+    """The claimed :class:`co2sam.output_folder.OutputFolder`."""
+    out_dir: Path
+    skipped_file: Path
+
+
+def default_out_dir(kind: str, cfg: Any, split: str) -> Path:
+    """``runs/<kind>/<dataset>-<split>/<model>``: one folder per data, split and model.
+
+    ``<model>`` is the adapter folder's last two parts (``voc-best``) or
+    ``plain-<SAM name>``; ``<dataset>`` the dataset kind (voc, coco) or, for folder and
+    generated data, the root folder's name.
+    """
+    data = cfg.data.dataset
+    if data in ("folder", "synthetic"):
+        data = Path(cfg.data.root).resolve().name or data
+    if cfg.model.adapter:
+        adapter = Path(cfg.model.adapter).resolve()
+        model = "-".join(part for part in (adapter.parent.name, adapter.name) if part)
+    else:
+        model = "plain-" + Path(str(cfg.model.sam)).name
+    return Path("runs") / kind / _safe(f"{data}-{split}") / _safe(model)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str | None) -> dict:
+    """What makes two runs of ``command`` the same (their outputs may share a folder).
+
+    Files are named and fingerprinted: an adapter folder retrained in place (``best/``)
+    or a box cache made again is another run, not one to resume.
+    """
+    from co2sam.models.adapter_io import WEIGHTS_FILE
+    from co2sam.prompts.source import default_cache_path
+
+    adapter = cfg.model.adapter
+    source = boxes or cfg.prompts.source
+    cache = None
+    if source == "cache":
+        cache = default_cache_path(cfg, split)
+    elif source not in BOX_SOURCES:
+        cache = Path(source)
+    return {
+        "command": command,
+        "dataset": cfg.data.dataset,
+        "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.root else "",
+        "split": split,
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "adapter_sha256": fingerprint(Path(adapter) / WEIGHTS_FILE) if adapter else None,
+        "sam": sam or (None if adapter else cfg.model.sam),
+        "boxes": source,
+        "box_cache": str(cache.resolve()) if cache else None,
+        "box_cache_sha256": fingerprint(cache) if cache else None,
+        "detector": cfg.prompts.detector,
+        "max_boxes": cfg.prompts.max_boxes,
+    }
+
+
+def fingerprint(path: Path) -> str | None:
+    """The first 16 hex digits of a file's SHA-256 (None when there is no such file)."""
+    import hashlib
+
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def start_split_run(
+    cfg: Any,
+    *,
+    identity: Mapping[str, Any],
+    outputs: Sequence[str],
+    out_dir: Path,
+    split: str,
+    sam: str | None,
+    boxes: str | None,
+    overwrite: bool,
+    devices: int | None,
+    num_nodes: int | None,
+) -> SplitRun:
+    """Steps 1-3 of the module docstring, then the box source and the model."""
+    from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
+    from co2sam.output_folder import OutputFolder, OutputFolderError
+
+    processes = launch(devices, num_nodes, cfg.eval.device)
+    device = processes.device if processes.distributed else resolve_device(cfg.eval.device)
+    dataset = load_split(cfg, split, check_masks=not cfg.data.preflight)
+    if cfg.eval.limit is not None:
+        dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
+    folder = OutputFolder(
+        out_dir, identity, outputs=outputs, overwrite=overwrite, processes=processes
+    )
+    try:
+        folder.open()
+    except OutputFolderError as error:
+        fail(str(error))
+    skipped_file = out_dir / SKIPPED_FILE
+    try:
+        dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
+        source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
+        segmenter, base = load_segmenter(
+            sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
+        )
+    except BaseException:
+        folder.close()  # release the folder's lock (a refused run ends here)
+        raise
+    return SplitRun(processes, dataset, source, segmenter, base, folder, out_dir, skipped_file)
+
+
+def segment_split(
+    run: SplitRun,
+    cfg: Any,
+    *,
+    modes: Sequence[str],
+    on_prediction: Callable[[Any], None],
+) -> int:
+    """Step 4: this process segments its share of what is not done; returns how many.
+
+    Closes the output folder (its lock and log) when done or failed.
+    """
+    from co2sam.data.preflight import SplitSubset
+    from co2sam.evaluate import evaluate_model
+
+    done = run.folder.done
+    todo = [index for index, image_id in enumerate(run.dataset.ids) if image_id not in done]
+    # Shard whole batches: a fresh sharded run encodes the same batches as one process,
+    # so it writes the same label maps bit for bit (other batchings: to float rounding).
+    size = cfg.eval.batch_size
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
+    mine = [index for batch in run.processes.shard(batches) for index in batch]
+    if run.processes.is_main and done:
+        console.print(f"resuming: {len(run.dataset) - len(todo)} of {len(run.dataset)} images done")
+    recorder = _Recorder(run.folder, modes, len(run.dataset.class_names), on_prediction)
+    try:
+        evaluate_model(
+            run.segmenter,
+            SplitSubset(run.dataset, mine),
+            run.source,
+            modes=modes,
+            batch_size=cfg.eval.batch_size,
+            progress=run.processes.is_main,
+            on_prediction=recorder,
+            num_workers=cfg.data.num_workers,
+        )
+    finally:
+        run.folder.close()
+    run.processes.barrier()
+    return len(mine)
+
+
+class _Recorder:
+    """``on_prediction`` that writes, then logs the image once all its modes are written."""
+
+    def __init__(self, folder: Any, modes: Sequence[str], num_classes: int, write: Callable):
+        self.folder, self.modes, self.num_classes, self.write = folder, modes, num_classes, write
+        self.pending: dict[str, dict[str, list]] = {}
+
+    def __call__(self, prediction: Any) -> None:
+        from co2sam.metrics import ConfusionMatrix
+
+        self.write(prediction)
+        sample = prediction.sample
+        cells = self.pending.setdefault(sample.id, {})
+        if sample.mask is not None:
+            confusion = ConfusionMatrix(self.num_classes)
+            confusion.update(prediction.label_map.cpu(), sample.mask)
+            cells[prediction.mode] = confusion.entries()
+        else:
+            cells[prediction.mode] = []
+        if len(cells) == len(self.modes):
+            del self.pending[sample.id]
+            self.folder.record(sample.id, scored=sample.mask is not None, confusion=cells)
+
+
+def split_results(
+    run: SplitRun, modes: Sequence[str]
+) -> tuple[dict[str, dict[str, Any]], list[str], list[dict[str, str]]]:
+    """Step 5 (any process): metrics per mode over the split, ids done, images skipped."""
+    from co2sam.data.preflight import SkipLog
+    from co2sam.metrics import ConfusionMatrix
+
+    records = run.folder.records()
+    num_classes = len(run.dataset.class_names)
+    confusions = {mode: ConfusionMatrix(num_classes) for mode in modes}
+    done, scored = [], 0
+    for image_id in run.dataset.ids:
+        record = records.get(image_id)
+        if record is None:
+            continue
+        done.append(image_id)
+        scored += bool(record["scored"])
+        for mode in modes:
+            confusions[mode].add_entries(record["confusion"].get(mode, []))
+    results = {
+        mode: {**confusion.compute(), "mode": mode, "num_images": scored}
+        for mode, confusion in confusions.items()
+    }
+    listed = SkipLog(run.skipped_file).listed()
+    all_ids = _all_ids(run.dataset)
+    skipped = [
+        {"id": image_id, "reason": reason}
+        for image_id, reason in listed.items()
+        if image_id in all_ids and image_id not in records
+    ]
+    return results, done, skipped
+
+
+def _all_ids(dataset: Any) -> set[str]:
+    """Ids of the split, including images the pre-flight left out."""
+    from co2sam.data.preflight import split_items
+
+    split, _ = split_items(dataset)
+    return set(getattr(split, "ids", ())) | set(dataset.ids)

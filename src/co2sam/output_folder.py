@@ -1,0 +1,199 @@
+"""Output folders of the per-image commands: never mixed, resumable, shared by processes.
+
+``evaluate``, ``pseudo-labels`` and ``predict`` write one folder each. The folder
+records what made it (``.co2sam/run.json``: the command, data, split, model, boxes,
+...) and, per process, one JSON line per finished image (``.co2sam/done-<rank>.jsonl``,
+written after the image's files). So:
+
+- the same command again continues: images already done are skipped, whatever the
+  number of processes before or now (every process reads every log);
+- another run (other adapter, split, boxes, ...) is refused with the difference, unless
+  ``overwrite`` clears what the command writes first (a run that failed before writing
+  anything does not count);
+- a folder that holds other files is refused the same way (nothing is mixed);
+- a second command writing into the folder at the same time is refused (a file lock,
+  held by the main process, released by the system if the process dies).
+
+A killed process leaves at worst a truncated last line in its own log: it is dropped
+when that log is next opened, and the image is done again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STATE_DIR = ".co2sam"
+IDENTITY_FILE = "run.json"
+LOCK_FILE = "lock"
+
+
+class OutputFolderError(ValueError):
+    """The output folder holds another run (or other files); the message says the fix."""
+
+
+class OutputFolder:
+    """One command's output folder (see the module docstring).
+
+    identity: what makes two runs the same (JSON values); compared key by key.
+    outputs: the names (files or folders, relative) this command writes, cleared by
+        ``overwrite``; nothing else in the folder is ever removed.
+    processes: a :class:`co2sam.parallel.Processes` (None: one process).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        identity: Mapping[str, Any],
+        *,
+        outputs: Sequence[str],
+        overwrite: bool = False,
+        processes: Any = None,
+    ) -> None:
+        self.path = Path(path)
+        self.identity = json.loads(json.dumps(dict(identity), default=str))
+        self.outputs = tuple(outputs)
+        self.overwrite = overwrite
+        self.processes = processes
+        self.resumed = False
+        self.done: set[str] = set()
+        """Ids finished before this run, read once by the main process when it opened the
+        folder: every process gets the same set, so they agree on each one's share."""
+        self._log: Any = None
+        self._lock: Any = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path / STATE_DIR
+
+    def open(self) -> OutputFolder:
+        """Check (main process) and claim the folder; every process then opens its log.
+
+        Raises :class:`OutputFolderError` on every process when the folder is refused.
+        """
+        rank = 0 if self.processes is None else self.processes.rank
+        verdict: tuple[str | None, bool, set[str]] = (None, False, set())
+        if rank == 0:
+            try:
+                resumed = self._claim()
+                verdict = (None, resumed, set(self.records()))
+            except OutputFolderError as error:
+                verdict = (str(error), False, set())
+        if self.processes is not None:
+            verdict = self.processes.gather(verdict)[0]
+        error, self.resumed, self.done = verdict
+        if error is not None:
+            raise OutputFolderError(error)
+        self._log = _open_log(self.state_dir / f"done-{rank}.jsonl")
+        return self
+
+    def record(self, image_id: str, **values: Any) -> None:
+        """Mark one image done (after its files are written), with what the summary needs."""
+        self._log.write(json.dumps({"id": image_id, **values}, separators=(",", ":")) + "\n")
+        self._log.flush()
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every finished image of every process and earlier run: id -> its record."""
+        found: dict[str, dict[str, Any]] = {}
+        for log in sorted(self.state_dir.glob("done-*.jsonl")):
+            for line in log.read_bytes().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                found.setdefault(str(record["id"]), record)
+        return found
+
+    def close(self) -> None:
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> OutputFolder:
+        return self.open()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _claim(self) -> bool:
+        """Decide on the main process: True to resume, False for a fresh (cleared) folder."""
+        from filelock import FileLock, Timeout
+
+        identity_file = self.state_dir / IDENTITY_FILE
+        holds_other_files = self.path.is_dir() and any(
+            entry.name != STATE_DIR for entry in self.path.iterdir()
+        )
+        if not identity_file.is_file() and holds_other_files and not self.overwrite:
+            raise OutputFolderError(
+                f"{self.path} is not empty and holds no co2sam {self.identity.get('command')} "
+                "output: choose an empty or new folder (--out), or pass --overwrite to write "
+                f"into it (replacing {', '.join(self.outputs)})"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.state_dir / LOCK_FILE, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise OutputFolderError(
+                f"another co2sam command is writing to {self.path} now; wait for it to end, "
+                "or choose another folder (--out)"
+            ) from None
+        self._lock = lock
+        if identity_file.is_file():
+            try:
+                found = json.loads(identity_file.read_text())
+            except ValueError:
+                found = {}
+            if found == self.identity and not self.overwrite:
+                return True
+            if not self.overwrite and not self._holds_nothing():
+                self.close()
+                raise OutputFolderError(self._refusal(found))
+        self._clear()
+        temporary = identity_file.with_name(IDENTITY_FILE + ".tmp")
+        temporary.write_text(json.dumps(self.identity, indent=2) + "\n")
+        temporary.replace(identity_file)
+        return False
+
+    def _holds_nothing(self) -> bool:
+        """No image finished and no output written (a run that failed before any work)."""
+        return not self.records() and not any((self.path / name).exists() for name in self.outputs)
+
+    def _refusal(self, found: Mapping[str, Any]) -> str:
+        keys = sorted(set(found) | set(self.identity))
+        differing = [
+            f"{key}: {found.get(key, '<missing>')!r} there, {self.identity.get(key)!r} now"
+            for key in keys
+            if found.get(key) != self.identity.get(key)
+        ]
+        return (
+            f"{self.path} holds the output of another run ("
+            + "; ".join(differing)
+            + "): choose another folder (--out), or pass --overwrite to replace it"
+        )
+
+    def _clear(self) -> None:
+        state = [p.relative_to(self.path) for p in self.state_dir.iterdir() if p.name != LOCK_FILE]
+        for name in (*self.outputs, *state):
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
+
+def _open_log(path: Path) -> Any:
+    """Open a process's log for appending, dropping a line cut short by a kill."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            with path.open("r+b") as handle:
+                handle.truncate(keep)
+    return path.open("a", encoding="utf-8")

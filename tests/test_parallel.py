@@ -1,0 +1,159 @@
+"""Sharded per-image commands: 2 gloo processes write what 1 process writes.
+
+``boxes``, ``evaluate``, ``pseudo-labels`` and ``predict`` run first in this process
+(one process), then in two processes started the way torchrun or a cluster launcher
+starts them (Fabric sees LOCAL_RANK and joins them). The evaluation of the two processes
+resumes a copy of the one-process folder cut short as by a kill.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from co2sam.cli import app
+from co2sam.data.synthetic import make_synthetic_dataset
+from co2sam.parallel import Processes, accelerator_of
+from co2sam.sam import attach_lora, load_sam, save_adapter
+
+runner = CliRunner()
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from co2sam.cli import app
+
+    commands = [line.split("\\t") for line in open(sys.argv[1]).read().splitlines()]
+    for args in commands:
+        code = app(args, standalone_mode=False)
+        assert code in (0, None), (args[0], code)
+    """
+)
+
+
+def _commands(root, work, adapter, images, out, devices=1):
+    classes = ",".join((root / "VOC2012" / "classes.txt").read_text().split("\n")[1:]).strip(",")
+    data = ["--data-root", str(root), "--set", "data.dataset=synthetic",
+            "--set", "data.num_workers=0", "--devices", str(devices)]  # fmt: skip
+    model = ["--sam", "tiny", "--adapter", str(adapter), "--boxes", str(work / "one.jsonl"),
+             "--device", "cpu"]  # fmt: skip
+    return [
+        ["boxes", "--oracle", "--split", "val", *data, "--set", "prompts.device=cpu",
+         "--out", str(out / "val.jsonl")],
+        # evaluate resumes: one image per batch, so the batches match one process's
+        ["evaluate", "--split", "val", *data, *model, "--batch-size", "1",
+         "--out", str(out / "eval")],
+        # fresh: processes take whole batches, the batches of one process
+        ["pseudo-labels", "--split", "val", *data, *model, "--batch-size", "2",
+         "--out", str(out / "pl")],
+        ["predict", str(images), "--classes", classes, "--adapter", str(adapter),
+         "--boxes", str(work / "one.jsonl"), "--device", "cpu", "--devices", str(devices),
+         "--out", str(out / "pred")],
+    ]  # fmt: skip
+
+
+def _run_two_processes(script, commands_file, cwd):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for rank in (0, 1):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
+        env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(commands_file)],
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+        )
+    try:
+        for process in processes:
+            output, _ = process.communicate(timeout=240)
+            assert process.returncode == 0, output[-4000:]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+def _pngs(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.glob("*.png"))}
+
+
+def test_two_processes_write_what_one_process_writes(tmp_path):
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, num_images=7, num_classes=2, image_size=40, seed=4,
+                           splits={"val": 7})  # fmt: skip
+    torch.manual_seed(0)
+    adapter = attach_lora(load_sam("tiny"))
+    for name, parameter in adapter.named_parameters():
+        if "lora_B" in name:  # a LoRA that changes the masks
+            torch.nn.init.normal_(parameter, std=0.5)
+    adapter = save_adapter(adapter, tmp_path / "adapter", base="tiny")
+    images = tmp_path / "images"
+    shutil.copytree(root / "VOC2012" / "JPEGImages", images)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for args in _commands(root, tmp_path, adapter, images, one):  # one process, in here
+        if args[0] == "boxes":
+            args[args.index("--out") + 1] = str(tmp_path / "one.jsonl")
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args[0], result.output)
+
+    # The 2-process evaluation resumes the 1-process folder, cut as by a kill: 2 images
+    # logged (one line half-written), the PNGs of the others gone.
+    shutil.copytree(one / "eval", two / "eval")
+    log = two / "eval" / ".co2sam" / "done-0.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    kept = [json.loads(line)["id"] for line in lines[:2]]
+    log.write_bytes(b"".join(lines[:2]) + lines[2][:25])
+    for mode in ("label-guided", "open"):
+        for png in (two / "eval" / mode / "predictions").glob("*.png"):
+            if png.stem not in kept:
+                png.unlink()
+    (two / "eval" / "report.json").unlink()
+
+    commands = tmp_path / "commands.tsv"
+    commands.write_text("\n".join("\t".join(args) for args in
+                                  _commands(root, tmp_path, adapter, images, two, 2)))  # fmt: skip
+    script = tmp_path / "sharded.py"
+    script.write_text(SCRIPT)
+    _run_two_processes(script, commands, tmp_path)
+
+    assert (two / "val.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    first, second = (json.loads((run / "eval" / "report.json").read_text()) for run in (one, two))
+    for mode in ("label-guided", "open"):
+        assert first["results"][mode] == second["results"][mode]
+        assert first["results"][mode]["num_images"] == 7
+        folder = f"eval/{mode}/predictions"
+        assert _pngs(one / folder) == _pngs(two / folder) and len(_pngs(two / folder)) == 7
+    ids = []
+    for done in sorted((two / "eval" / ".co2sam").glob("done-*.jsonl")):
+        ids += [json.loads(line)["id"] for line in done.read_text().splitlines()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 7  # each image once
+
+    assert _pngs(one / "pl/SegmentationClass") == _pngs(two / "pl/SegmentationClass")
+    split_list = "pl/ImageSets/Segmentation/val.txt"
+    assert (one / split_list).read_text() == (two / split_list).read_text()
+    assert _pngs(one / "pred/labels") == _pngs(two / "pred/labels")
+    assert len(_pngs(two / "pred/labels")) == 7
+
+
+def test_processes_shard_and_refuse_one_named_device():
+    processes = Processes(rank=1, world_size=3)
+    assert processes.shard(list(range(8))) == [1, 4, 7]
+    assert Processes().gather("x") == ["x"] and not Processes().distributed
+    assert accelerator_of("auto") == "auto" and accelerator_of("gpu") == "cuda"
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        accelerator_of("cuda:1")
