@@ -17,18 +17,28 @@ fp16 file is upcast on load.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import torch
 from transformers import SamConfig, SamModel
 
+from co2sam.asset_paths import DEMO_SAM_ASSET, demo_sam_path
 from co2sam.models.variants import _sam_config, meta_style_init
+
+__all__ = [
+    "DEMO_SAM_ASSET",
+    "PATCH_SIZE",
+    "PROVENANCE_FILE",
+    "build_demo_sam",
+    "demo_sam_available",
+    "demo_sam_config",
+    "demo_sam_path",
+    "load_demo_sam",
+    "save_demo_sam",
+]
 
 PATCH_SIZE = 8
 """Finer than SAM's 16: 16x16 embeddings and 64x64 low-res masks for 128x128 inputs."""
-DEMO_SAM_ASSET = "demo_sam"
-"""Folder name of the shipped weights inside ``co2sam/assets``."""
 PROVENANCE_FILE = "provenance.json"
 """How the shipped weights were made: command, seed, data, losses, timings."""
 
@@ -65,11 +75,6 @@ def build_demo_sam(seed: int = 0) -> SamModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return meta_style_init(SamModel(demo_sam_config()))
-
-
-def demo_sam_path() -> Path:
-    """The folder of the shipped demo SAM weights (``co2sam/assets/demo_sam``)."""
-    return Path(str(resources.files("co2sam") / "assets" / DEMO_SAM_ASSET))
 
 
 def demo_sam_available(path: str | Path | None = None) -> bool:

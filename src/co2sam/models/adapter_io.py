@@ -4,9 +4,13 @@ A folder holds ``adapter_model.safetensors`` (the LoRA tensors only, named as in
 plain ``SamModel``, e.g. ``vision_encoder.layers.0.attn.qkv.q.lora_A.weight``) and
 ``co2sam_adapter.json``::
 
-    {"format_version": 1, "base": "facebook/sam-vit-base",
+    {"format_version": 1, "base": "facebook/sam-vit-base", "family": "sam",
      "fingerprint": {"hidden_size": 768, ...}, "lora": {"rank": 4, "alpha": 4.0,
      "target_modules": "..."}, "extra": {...}}
+
+``family`` is the base model's family (``sam``, ``sam-hq``, ``sam2``:
+:mod:`co2sam.models.families`); folders written before it existed are SAM ones. An
+adapter loads only onto a model of the same family and architecture (fingerprint).
 
 Both files are written to temporary names and renamed, so a folder never holds a
 half-written adapter.
@@ -24,10 +28,10 @@ from typing import Any
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import SamModel
+from transformers import PreTrainedModel
 
-from co2sam.models.lora import LORA_TARGET_MODULES, attach_lora, is_lora_name
-from co2sam.models.variants import fingerprint
+from co2sam.models.families import FAMILIES, family_of
+from co2sam.models.lora import attach_lora, is_lora_name, lora_target_modules
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -70,7 +74,7 @@ def save_adapter(
 ) -> Path:
     """Write the LoRA adapter of ``model`` to ``folder`` (created if needed).
 
-    base: the SAM source the adapter was trained on (what ``load_sam`` accepts).
+    base: the model source the adapter was trained on (what ``load_sam`` accepts).
     extra: JSON-serialisable facts to keep with it (resolved config, step, metrics).
     """
     if not isinstance(model, PeftModel):
@@ -79,10 +83,12 @@ def save_adapter(
     folder.mkdir(parents=True, exist_ok=True)
     lora_config = model.peft_config[model.active_adapter]
     target = lora_config.target_modules
+    family = family_of(model)
     metadata = {
         "format_version": FORMAT_VERSION,
         "base": str(base),
-        "fingerprint": fingerprint(model.get_base_model().config),
+        "family": family.name,
+        "fingerprint": family.fingerprint(model.get_base_model().config),
         "lora": {
             "rank": int(lora_config.r),
             "alpha": float(lora_config.lora_alpha),
@@ -118,14 +124,15 @@ def read_adapter_metadata(folder: str | Path) -> dict[str, Any]:
 
 
 def load_adapter(
-    model_or_source: SamModel | PeftModel | str | None, folder: str | Path
+    model_or_source: PreTrainedModel | PeftModel | str | None, folder: str | Path
 ) -> PeftModel:
-    """SAM with the LoRA adapter saved in ``folder``.
+    """The base model with the LoRA adapter saved in ``folder``.
 
-    model_or_source: a plain ``SamModel`` (LoRA is attached with the saved rank/alpha),
-    a ``PeftModel`` from ``attach_lora`` (weights are overwritten), a SAM source for
-    ``load_sam``, or None to use the base recorded in the folder. The base model must
-    have the architecture the adapter was trained on, else :class:`AdapterError`.
+    model_or_source: a plain ``SamModel``/``SamHQModel``/``Sam2Model`` (LoRA is attached
+    with the saved rank/alpha), a ``PeftModel`` from ``attach_lora`` (weights are
+    overwritten), a source for ``load_sam``, or None to use the base recorded in the
+    folder. The base model must be of the family and architecture the adapter was
+    trained on, else :class:`AdapterError`.
     """
     from co2sam.models.loading import load_sam
 
@@ -135,12 +142,21 @@ def load_adapter(
         model_or_source = metadata["base"]
     model = load_sam(model_or_source) if isinstance(model_or_source, str) else model_or_source
     base_model = model.get_base_model() if isinstance(model, PeftModel) else model
-    found = fingerprint(base_model.config)
+    family = family_of(base_model)
+    saved_family = metadata.get("family", "sam")
+    if saved_family != family.name:
+        title = FAMILIES[saved_family].title if saved_family in FAMILIES else saved_family
+        raise AdapterError(
+            f"Adapter {folder} was trained on {title} ({metadata['base']!r}), but the base "
+            f"model given is {family.title} ({type(base_model).__name__}). Load it onto "
+            f"the {title} model it was trained on (or leave --sam out to use that base)."
+        )
+    found = family.fingerprint(base_model.config)
     if found != metadata["fingerprint"]:
         raise AdapterError(
-            f"Adapter {folder} was trained on SAM {metadata['base']!r} "
+            f"Adapter {folder} was trained on {family.title} {metadata['base']!r} "
             f"{metadata['fingerprint']}, but the base model given is {found}. "
-            "Load it onto the same SAM variant."
+            f"Load it onto the same {family.title} variant."
         )
     if isinstance(model_or_source, str) and model_or_source != metadata["base"]:
         # Same architecture, another name: fine for the same weights under another path
@@ -160,10 +176,11 @@ def load_adapter(
                 f"LoRA has rank {config.r}, alpha {config.lora_alpha}."
             )
     else:
-        if lora.get("target_modules") != LORA_TARGET_MODULES:
+        targets = lora_target_modules(model)
+        if lora.get("target_modules") != targets:
             raise AdapterError(
                 f"Adapter {folder} targets {lora.get('target_modules')!r}; this co2sam "
-                f"attaches LoRA to {LORA_TARGET_MODULES!r}."
+                f"attaches LoRA to {targets!r}."
             )
         model = attach_lora(model, rank=lora["rank"], alpha=lora["alpha"])
     weights = folder / WEIGHTS_FILE

@@ -1,65 +1,91 @@
-"""``load_sam``: one entry point for every way a user can name SAM weights."""
+"""``load_sam``: one entry point for every way a user can name segmenter weights."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from transformers import SamModel
+from transformers import PreTrainedModel
 
+from co2sam.asset_paths import demo_sam_path
+from co2sam.models.families import all_variants, family_of_model_type, variant_family
 from co2sam.models.lora import freeze
-from co2sam.models.official import load_official_checkpoint
-from co2sam.models.variants import SAM_VARIANTS, build_sam
+from co2sam.models.official import (
+    detect_variant,
+    load_official_state_dict,
+    read_official_checkpoint,
+)
+from co2sam.models.official_sam2 import is_sam2_state, load_sam2_state
+from co2sam.models.variants import build_sam
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
-def load_sam(source: str) -> SamModel:
-    """A frozen ``SamModel`` in eval mode from ``source``, which is one of:
+def load_sam(source: str) -> PreTrainedModel:
+    """A frozen model in eval mode (``SamModel``, ``SamHQModel`` or ``Sam2Model``) from
+    ``source``, which is one of:
 
     - ``demo``: the small SAM shipped with the package for ``co2sam demo``;
-    - a registered variant (``tiny``, ``vit_b``, ...; random weights, seed 0) or
+    - a registered architecture (``tiny``, ``vit_b``, ``tiny_hq``, ``sam_hq_vit_b``,
+      ``tiny_sam2``, ``sam2_hiera_base_plus``, ...; random weights, seed 0) or
       ``<variant>:<seed>`` for other random weights;
-    - an official Meta checkpoint file (``sam_vit_b_01ec64.pth``, ...), variant
-      detected from the weights;
-    - a local folder in transformers format (``config.json`` + weights);
-    - a Hugging Face hub id (``facebook/sam-vit-base``), resolved only here.
+    - an official Meta checkpoint: SAM's ``sam_vit_b_01ec64.pth`` (...) or SAM 2's
+      ``sam2.1_hiera_base_plus.pt`` (...), family and variant read off the weights;
+    - a local folder in transformers format (``config.json`` + weights), the family
+      read from its ``model_type``;
+    - a Hugging Face hub id (``facebook/sam-vit-base``,
+      ``syscv-community/sam-hq-vit-base``, ``facebook/sam2.1-hiera-base-plus``),
+      resolved only here.
     """
     source = str(source)
     if source == "demo":
-        source = str(_demo_sam_folder())
+        source = str(demo_sam_path())
     name, _, seed = source.partition(":")
-    if name in SAM_VARIANTS and (not seed or seed.isdigit()):
-        return freeze(build_sam(name, seed=int(seed or 0)))
+    family = variant_family(name)
+    if family is not None and (not seed or seed.isdigit()):
+        return freeze(family.build(name, seed=int(seed or 0)))
     path = Path(source).expanduser()
     if path.is_file() or path.suffix in _CHECKPOINT_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"SAM checkpoint not found: {path}")
-        return freeze(load_official_checkpoint(path))
+        return freeze(_load_checkpoint(path))
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config_path = path / "config.json"
+        if not config_path.is_file():
             raise FileNotFoundError(
-                f"{path} is not a transformers SAM folder (no config.json); pass a folder "
-                "written by SamModel.save_pretrained, an official .pth file or a hub id."
+                f"{path} is not a transformers model folder (no config.json); pass a folder "
+                "written by save_pretrained, an official .pth/.pt file or a hub id."
             )
-        return freeze(SamModel.from_pretrained(path))
+        model_type = json.loads(config_path.read_text()).get("model_type", "?")
+        family = family_of_model_type(model_type, str(config_path))
+        return freeze(family.model_class.from_pretrained(path))
     if _HUB_ID.fullmatch(source) and not source.startswith("."):
-        try:
-            return freeze(SamModel.from_pretrained(source))
-        except OSError as error:
-            raise OSError(
-                f"Cannot load SAM {source!r} from the Hugging Face hub ({error}). Check the id "
-                "and the network, or pass a local folder or an official .pth file."
-            ) from error
+        return freeze(_from_hub(source))
     raise FileNotFoundError(
         f"SAM weights not found: {source!r} is not a file, a folder, a hub id "
-        f"(owner/name) or a registered variant ({', '.join(SAM_VARIANTS)})."
+        f"(owner/name) or a registered architecture ({', '.join(all_variants())})."
     )
 
 
-def _demo_sam_folder() -> Path:
-    """The shipped demo SAM (transformers folder inside the package)."""
-    from co2sam.demo.model import demo_sam_path
+def _load_checkpoint(path: Path) -> PreTrainedModel:
+    """SAM (``.pth``) or SAM 2 (``.pt``) from Meta, told apart by the encoder's keys."""
+    state = read_official_checkpoint(path)
+    if is_sam2_state(state):
+        return load_sam2_state(state, path)
+    return load_official_state_dict(build_sam(detect_variant(state, path)), state, path)
 
-    return demo_sam_path()
+
+def _from_hub(source: str) -> PreTrainedModel:
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(source).model_type
+        family = family_of_model_type(model_type, f"hub model {source}")
+        return family.model_class.from_pretrained(source)
+    except OSError as error:
+        raise OSError(
+            f"Cannot load {source!r} from the Hugging Face hub ({error}). Check the id "
+            "and the network, or pass a local folder or an official .pth/.pt file."
+        ) from error

@@ -4,19 +4,46 @@ SAM fuses q, k and v into one ``attn.qkv`` Linear (output ``[q | k | v]``), whil
 adapts whole modules. :func:`split_qkv` replaces every fused Linear by a
 :class:`SplitQkv` holding three Linears with the same weights, so peft can target
 ``qkv.q`` and ``qkv.v`` and leave ``qkv.k`` untouched.
+
+SAM-HQ keeps SAM's ViT (same module names); SAM 2's Hiera blocks fuse q, k and v the
+same way (``attn.qkv``, output ``[q | k | v]``, reshaped to (..., 3, heads, d)), so
+the one split serves all three model classes (:data:`QKV_MODULES`).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import SamModel
+from transformers import PreTrainedModel
 
-LORA_TARGET_MODULES = r".*vision_encoder\.layers\.\d+\.attn\.qkv\.(q|v)"
-"""Module names peft adapts: the q and v Linears of every image-encoder block."""
+QKV_MODULES: dict[str, str] = {
+    "SamModel": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    "SamHQModel": r"vision_encoder\.layers\.\d+\.attn\.qkv",
+    "Sam2Model": r"vision_encoder\.backbone\.blocks\.\d+\.attn\.qkv",
+}
+"""Model class name -> names (regex, full match) of its image encoder's fused qkv Linears."""
+
+
+def qkv_modules(model: nn.Module) -> str:
+    """The fused-qkv module names of ``model`` (a plain transformers SAM-family model)."""
+    name = type(model).__name__
+    if name not in QKV_MODULES:
+        known = ", ".join(QKV_MODULES)
+        raise ValueError(f"no LoRA placement known for {name}; supported: {known}")
+    return QKV_MODULES[name]
+
+
+def lora_target_modules(model: nn.Module) -> str:
+    """The peft ``target_modules`` regex of ``model``: the q and v parts of every fused qkv."""
+    return ".*" + qkv_modules(model) + r"\.(q|v)"
+
+
+LORA_TARGET_MODULES = ".*" + QKV_MODULES["SamModel"] + r"\.(q|v)"
+"""Module names peft adapts in SAM: the q and v Linears of every image-encoder block."""
 
 
 class SplitQkv(nn.Module):
@@ -64,14 +91,17 @@ class SplitQkv(nn.Module):
         return linear.to(q.weight.dtype)
 
 
-def split_qkv(model: SamModel) -> SamModel:
+def split_qkv(model: PreTrainedModel) -> PreTrainedModel:
     """Replace every image-encoder block's fused ``attn.qkv`` by a :class:`SplitQkv`, in place.
 
+    model: a ``SamModel``, ``SamHQModel`` or ``Sam2Model`` (:data:`QKV_MODULES`).
     Idempotent: already split blocks are left alone.
     """
-    for layer in model.vision_encoder.layers:
-        if isinstance(layer.attn.qkv, nn.Linear):
-            layer.attn.qkv = SplitQkv(layer.attn.qkv)
+    pattern = re.compile(qkv_modules(model))
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and pattern.fullmatch(name):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, SplitQkv(module))
     return model
 
 
@@ -82,12 +112,14 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def attach_lora(model: SamModel, rank: int = 4, alpha: float = 4.0) -> PeftModel:
+def attach_lora(model: PreTrainedModel, rank: int = 4, alpha: float = 4.0) -> PeftModel:
     """SAM with LoRA of rank ``rank`` on the q and v projections of every encoder block.
 
-    The base weights are frozen; only the LoRA matrices train (ViT-B, rank 4: 147,456
-    parameters). peft's default init (A kaiming-uniform with a = sqrt(5), B = 0) makes
-    the adapted model equal to plain SAM at start. The update is scaled by alpha / rank.
+    model: a plain ``SamModel``, ``SamHQModel`` or ``Sam2Model``. The base weights are
+    frozen; only the LoRA matrices train (rank 4: SAM and SAM-HQ ViT-B 147,456
+    parameters, SAM 2.1 Hiera-B+ 165,760). peft's default init (A kaiming-uniform with
+    a = sqrt(5), B = 0) makes the adapted model equal to the plain model at start. The
+    update is scaled by alpha / rank.
     """
     if isinstance(model, PeftModel):
         raise ValueError("attach_lora expects a plain SamModel; this model already has adapters.")
@@ -97,7 +129,7 @@ def attach_lora(model: SamModel, rank: int = 4, alpha: float = 4.0) -> PeftModel
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
-        target_modules=LORA_TARGET_MODULES,
+        target_modules=lora_target_modules(model),
         lora_dropout=0.0,
         bias="none",
         init_lora_weights=True,

@@ -5,12 +5,20 @@ Coordinate frames used below:
 - *resized*: the image scaled so that its longest side is S (``image_size``), (h, w).
 - *S frame*: the padded SxS model input; the resized image sits in its top-left corner,
   so resized and S-frame coordinates are the same numbers.
+
+The interface every backbone keeps (SAM here; SAM-HQ and SAM 2 in
+:mod:`co2sam.models.sam_hq` and :mod:`co2sam.models.sam2` override the marked hooks):
+``preprocess``, ``scale_boxes``, ``encode`` -> features, ``decode(features, boxes)``,
+``forward`` -> (embeddings E, masks), ``embeddings_of(features)``, ``upscale``,
+``postprocess``, ``adapters_disabled``, ``trainable_parameters``. The training step and
+the evaluation use nothing else, so they never ask which backbone they run.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +62,46 @@ class MaskOutput:
 
     low_res_logits: torch.Tensor
     iou_scores: torch.Tensor
+
+
+@dataclass
+class ImageFeatures:
+    """What a decoder needs of B images, for backbones that need more than E.
+
+    embeddings: (B, C, s, s) the image embedding E (what the contrastive loss pools).
+    extras: further per-image maps the mask decoder reads, batch first (SAM-HQ: the
+        early ViT features; SAM 2: the stride-4 and stride-8 FPN levels).
+    Indexing (``features[i]``, ``features[a:b]``, ``features[index_tensor]``) selects
+    images in every tensor at once.
+    """
+
+    embeddings: torch.Tensor
+    extras: tuple[torch.Tensor, ...] = ()
+
+    def __getitem__(self, index) -> ImageFeatures:
+        return ImageFeatures(self.embeddings[index], tuple(x[index] for x in self.extras))
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@contextlib.contextmanager
+def checkpoint_each(blocks: Iterable[nn.Module]) -> Iterator[None]:
+    """Inside the block, each of ``blocks`` is recomputed in the backward pass.
+
+    Wraps the modules' ``forward`` in ``torch.utils.checkpoint`` (``use_reentrant=False``,
+    the only mode that works with LoRA) and restores it on exit. Used by backbones whose
+    encoder collects intermediate outputs, so that the encoder's own ``forward`` still runs.
+    """
+    patched = []
+    try:
+        for block in blocks:
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+            patched.append(block)
+        yield
+    finally:
+        for block in patched:
+            del block.forward
 
 
 def resized_size(original_size: tuple[int, int], image_size: int) -> tuple[int, int]:
@@ -133,7 +181,7 @@ class Segmenter(nn.Module):
         resized_sizes, original_sizes = [], []
         for index, image in enumerate(tensors):
             original = (int(image.shape[1]), int(image.shape[2]))
-            new_h, new_w = resized_size(original, size)
+            new_h, new_w = self.resized_size(original)
             resized = F.interpolate(
                 image[None].float(),
                 size=(new_h, new_w),
@@ -147,13 +195,17 @@ class Segmenter(nn.Module):
             original_sizes.append(original)
         return PreparedBatch(pixel_values, resized_sizes, original_sizes)
 
+    def resized_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an (H, W) image inside the S frame (hook: SAM 2 stretches to SxS)."""
+        return resized_size(original_size, self.image_size)
+
     def scale_boxes(self, xyxy: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Boxes (N, 4) XYXY in original pixels -> (N, 4) float XYXY in the S frame.
 
         x scales by w/W and y by h/H, with (h, w) the rounded resized size (as SAM does).
         """
         boxes = torch.as_tensor(xyxy, dtype=torch.float32, device=self.device).reshape(-1, 4)
-        new_h, new_w = resized_size(original_size, self.image_size)
+        new_h, new_w = self.resized_size(original_size)
         height, width = original_size
         factors = boxes.new_tensor([new_w / width, new_h / height, new_w / width, new_h / height])
         return boxes * factors
@@ -171,16 +223,21 @@ class Segmenter(nn.Module):
             hidden_states = checkpoint(layer, hidden_states, use_reentrant=False)
         return encoder.neck(hidden_states)
 
-    def decode(self, embeddings: torch.Tensor, boxes: Sequence[torch.Tensor]) -> list[MaskOutput]:
-        """One mask per box: embeddings (B, 256, s, s) and B tensors (Ni, 4) XYXY, S frame.
+    def embeddings_of(self, features: torch.Tensor) -> torch.Tensor:
+        """The image embeddings E (B, C, s, s) of what ``encode`` returned (hook)."""
+        return features
+
+    def decode(self, features: torch.Tensor, boxes: Sequence[torch.Tensor]) -> list[MaskOutput]:
+        """One mask per box: features from ``encode`` (SAM: embeddings (B, 256, s, s)) and
+        B tensors (Ni, 4) XYXY, S frame.
 
         Boxes are decoded independently in SAM, so all boxes of the batch are decoded
         as one flat batch (each with its image's embedding): no padding, exact. Ni may
         be 0. Returns B :class:`MaskOutput` with (Ni, 4s, 4s) logits and (Ni,) IoU.
         """
+        embeddings = self.embeddings_of(features)
         if len(boxes) != embeddings.shape[0]:
             raise ValueError(f"{embeddings.shape[0]} embeddings but {len(boxes)} box lists")
-        sam = self.sam
         counts = [int(b.shape[0]) for b in boxes]
         low_res = 4 * embeddings.shape[-1]
         total = sum(counts)
@@ -192,32 +249,44 @@ class Segmenter(nn.Module):
             torch.tensor(counts, device=embeddings.device),
         )
         flat_boxes = torch.cat([b.reshape(-1, 4) for b in boxes]).to(embeddings.device)
-        sparse, dense = sam.prompt_encoder(
-            input_points=None,
-            input_labels=None,
-            input_boxes=flat_boxes[:, None, :].float(),
-            input_masks=None,
-        )
-        positional = sam.get_image_wide_positional_embeddings().repeat(total, 1, 1, 1)
-        masks, iou = sam.mask_decoder(
-            image_embeddings=embeddings[image_index],
-            image_positional_embeddings=positional,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+        masks, iou = self.decode_flat(features, image_index, flat_boxes)
         masks = masks.reshape(total, low_res, low_res)
         iou = iou.reshape(total)
         return [
             MaskOutput(m, s) for m, s in zip(masks.split(counts), iou.split(counts), strict=True)
         ]
 
+    def decode_flat(
+        self, features: torch.Tensor, image_index: torch.Tensor, flat_boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder on N boxes at once (hook): box n prompts image ``image_index[n]``.
+
+        flat_boxes: (N, 4) XYXY, S frame. Returns mask logits with N * 4s * 4s elements
+        and N IoU predictions (any shape with those counts; ``decode`` reshapes).
+        """
+        sam = self.sam
+        sparse, dense = sam.prompt_encoder(
+            input_points=None,
+            input_labels=None,
+            input_boxes=flat_boxes[:, None, :].float(),
+            input_masks=None,
+        )
+        positional = sam.get_image_wide_positional_embeddings().repeat(len(flat_boxes), 1, 1, 1)
+        masks, iou = sam.mask_decoder(
+            image_embeddings=features[image_index],
+            image_positional_embeddings=positional,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return masks, iou
+
     def forward(
         self, pixel_values: torch.Tensor, boxes: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, list[MaskOutput]]:
-        """``encode`` then ``decode``: returns (embeddings, per-image mask outputs)."""
-        embeddings = self.encode(pixel_values)
-        return embeddings, self.decode(embeddings, boxes)
+        """``encode`` then ``decode``: returns (embeddings E, per-image mask outputs)."""
+        features = self.encode(pixel_values)
+        return self.embeddings_of(features), self.decode(features, boxes)
 
     # ------------------------------------------------------------------ masks
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
