@@ -52,19 +52,21 @@ VIDEO_ONLY = (
 # (Meta name, transformers name); placeholders: {i} a number, {n} a digit, {mlp} a
 # 3-layer MLP of the mask decoder, {attn} an attention of its two-way transformer,
 # {rest} the remaining dotted name. First match wins, in both directions.
+_HIERA = "vision_encoder.backbone."
+_DOWN = "sam_prompt_encoder.mask_downscaling."
 _NAME_TABLE: list[tuple[str, str]] = [
-    (TRUNK + "patch_embed.proj.{rest}", "vision_encoder.backbone.patch_embed.projection.{rest}"),
-    (TRUNK + "blocks.{i}.norm{n}.{rest}", "vision_encoder.backbone.blocks.{i}.layer_norm{n}.{rest}"),
-    (TRUNK + "blocks.{i}.mlp.layers.0.{rest}", "vision_encoder.backbone.blocks.{i}.mlp.proj_in.{rest}"),
-    (TRUNK + "blocks.{i}.mlp.layers.1.{rest}", "vision_encoder.backbone.blocks.{i}.mlp.proj_out.{rest}"),
-    (TRUNK + "{rest}", "vision_encoder.backbone.{rest}"),  # pos_embed*, blocks.i.attn.*, proj
+    (TRUNK + "patch_embed.proj.{rest}", _HIERA + "patch_embed.projection.{rest}"),
+    (TRUNK + "blocks.{i}.norm{n}.{rest}", _HIERA + "blocks.{i}.layer_norm{n}.{rest}"),
+    (TRUNK + "blocks.{i}.mlp.layers.0.{rest}", _HIERA + "blocks.{i}.mlp.proj_in.{rest}"),
+    (TRUNK + "blocks.{i}.mlp.layers.1.{rest}", _HIERA + "blocks.{i}.mlp.proj_out.{rest}"),
+    (TRUNK + "{rest}", _HIERA + "{rest}"),  # pos_embed*, blocks.i.attn.*, blocks.i.proj
     ("image_encoder.neck.convs.{i}.conv.{rest}", "vision_encoder.neck.convs.{i}.{rest}"),
     ("sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix", PE_KEY),
-    ("sam_prompt_encoder.mask_downscaling.0.{rest}", "prompt_encoder.mask_embed.conv1.{rest}"),
-    ("sam_prompt_encoder.mask_downscaling.1.{rest}", "prompt_encoder.mask_embed.layer_norm1.{rest}"),
-    ("sam_prompt_encoder.mask_downscaling.3.{rest}", "prompt_encoder.mask_embed.conv2.{rest}"),
-    ("sam_prompt_encoder.mask_downscaling.4.{rest}", "prompt_encoder.mask_embed.layer_norm2.{rest}"),
-    ("sam_prompt_encoder.mask_downscaling.6.{rest}", "prompt_encoder.mask_embed.conv3.{rest}"),
+    (_DOWN + "0.{rest}", "prompt_encoder.mask_embed.conv1.{rest}"),
+    (_DOWN + "1.{rest}", "prompt_encoder.mask_embed.layer_norm1.{rest}"),
+    (_DOWN + "3.{rest}", "prompt_encoder.mask_embed.conv2.{rest}"),
+    (_DOWN + "4.{rest}", "prompt_encoder.mask_embed.layer_norm2.{rest}"),
+    (_DOWN + "6.{rest}", "prompt_encoder.mask_embed.conv3.{rest}"),
     ("sam_prompt_encoder.{rest}", "prompt_encoder.{rest}"),  # no_mask_embed, not_a_point_embed
     (
         "sam_mask_decoder.transformer.layers.{i}.norm{n}.{rest}",
