@@ -30,8 +30,10 @@ class ModelConfig:
     """Which SAM to load and how to adapt it."""
 
     sam: str = "facebook/sam-vit-base"
-    """SAM weights: a hub id, a local transformers folder, an official Meta ``.pth``
-    (``sam_vit_b_01ec64.pth``, ...) or a registered tiny config (``tiny``)."""
+    """Segmenter weights: SAM, SAM-HQ or SAM 2.1 as a hub id
+    (``syscv-community/sam-hq-vit-base``, ``facebook/sam2.1-hiera-base-plus``), a local
+    transformers folder, an official Meta file (``sam_vit_b_01ec64.pth``,
+    ``sam2.1_hiera_base_plus.pt``) or a registered architecture (``tiny``, ``tiny_sam2``)."""
     lora_rank: int = 4
     """Rank of the LoRA adapters on the q and v projections of every encoder block."""
     lora_alpha: float = 4.0
@@ -85,9 +87,13 @@ class PromptConfig:
     """``cache``: read boxes made by ``co2sam boxes``; ``detector``: run the detector
     on the fly; ``oracle``: boxes from ground-truth masks (debugging, upper bound)."""
     detector: str = "IDEA-Research/grounding-dino-base"
-    """Grounding DINO hub id or local folder (the reference code uses swinb_cogcoor)."""
+    """Detector hub id or local folder: Grounding DINO (the reference code uses
+    swinb_cogcoor) or SAM 3 (``facebook/sam3``); see :mod:`co2sam.prompts.registry`."""
     box_threshold: float = 0.30
+    """Keep a box whose confidence exceeds this (Grounding DINO: its box score; SAM 3:
+    sigmoid(query logit) x sigmoid(presence logit))."""
     text_threshold: float = 0.25
+    """Grounding DINO only: the box's best class-token score must exceed this."""
     max_boxes: int = 50
     """Cap on boxes per image; the most confident ones are kept."""
     cache_dir: str | None = None

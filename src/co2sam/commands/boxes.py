@@ -23,7 +23,9 @@ def boxes(
     split: str | None = typer.Option(None, help="Split to detect (default: data.train_split)."),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     detector: str | None = typer.Option(
-        None, help="Grounding DINO hub id or local folder (prompts.detector)."
+        None,
+        help="Detector hub id or local folder: Grounding DINO, or SAM 3 (facebook/sam3) "
+        "(prompts.detector).",
     ),
     mode: str | None = typer.Option(
         None, help="per-class (query each labelled class) or all (prompts.mode; auto by split)."
@@ -61,15 +63,16 @@ def boxes(
     from co2sam.data import DatasetError, build_dataset
     from co2sam.prompts.build import build_box_cache
     from co2sam.prompts.cache import BoxCacheError
+    from co2sam.prompts.registry import prompter_spec
     from co2sam.prompts.source import default_cache_path
 
     processes = launch(devices, num_nodes, cfg.prompts.device)
     if processes.distributed:
         cfg.prompts.device = str(processes.device)
     path = out or default_cache_path(cfg, split)
-    origin = "oracle" if oracle else "grounding-dino"
     with output_errors(path.parent):
         try:
+            origin = "oracle" if oracle else prompter_spec(cfg.prompts.detector).name
             dataset = build_dataset(cfg.data, split, check_masks=not cfg.data.preflight)
             skipped = path.with_name(f"{path.stem}.skipped.txt")
             dataset = checked_dataset(cfg, dataset, skipped=skipped, processes=processes)

@@ -19,14 +19,16 @@ def evaluate(
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     mode: str | None = typer.Option(None, help="label-guided, open or both (default eval.mode)."),
     sam: str | None = typer.Option(
-        None, help="SAM weights (default: the adapter's base or model.sam)."
+        None, help="SAM / SAM-HQ / SAM 2.1 weights (default: the adapter's base or model.sam)."
     ),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     boxes: str | None = typer.Option(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
     ),
     detector: str | None = typer.Option(
-        None, help="Detector the box cache was made with, or to run live (prompts.detector)."
+        None,
+        help="Detector hub id or folder, Grounding DINO or SAM 3 (facebook/sam3): the one "
+        "the box cache was made with, or to run live (prompts.detector).",
     ),
     out: Path | None = typer.Option(
         None,

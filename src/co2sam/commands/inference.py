@@ -43,11 +43,11 @@ def resolve_device(name: str) -> Any:
 
 
 def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
-    """A Segmenter on ``device`` and the SAM source it was built from.
+    """A Segmenter (of the model's family) on ``device`` and the source it was built from.
 
     With an adapter and no explicit ``sam``, the base recorded in the adapter is used.
     """
-    from co2sam.sam import Segmenter, load_adapter, load_sam
+    from co2sam.sam import load_adapter, load_sam, segmenter_for
 
     try:
         if adapter:
@@ -61,7 +61,7 @@ def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[A
     except (OSError, ValueError) as error:
         fail(str(error))
         raise
-    return Segmenter(model).to(device).eval(), base
+    return segmenter_for(model).to(device).eval(), base
 
 
 def _adapter_base(adapter: str) -> str:

@@ -22,11 +22,13 @@ def predict(
         None, help='Comma-separated class names, e.g. "dog,sofa" (default: the config\'s dataset).'
     ),
     sam: str | None = typer.Option(
-        None, help="SAM weights (default: the adapter's base or model.sam)."
+        None, help="SAM / SAM-HQ / SAM 2.1 weights (default: the adapter's base or model.sam)."
     ),
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     detector: str | None = typer.Option(
-        None, help="Grounding DINO hub id or folder: detect all classes at once."
+        None,
+        help="Detector hub id or folder (Grounding DINO, or SAM 3: facebook/sam3): "
+        "detect all classes at once.",
     ),
     boxes: Path | None = typer.Option(
         None, help="Boxes per image: a JSON file {image: [{xyxy, class, score}]} or a box cache."
@@ -161,11 +163,11 @@ def _boxes_fn(cfg: Any, class_names: tuple[str, ...], detector: str | None, boxe
 
     max_boxes = cfg.prompts.max_boxes
     if detector is not None:
-        from co2sam.prompts import GroundingDinoPrompter
+        from co2sam.prompts import build_prompter
 
         cfg.prompts.detector = detector
         try:
-            prompter = GroundingDinoPrompter.from_config(cfg, class_names)
+            prompter = build_prompter(cfg, class_names)
         except (OSError, ValueError) as error:
             fail(f"cannot load detector {detector!r}: {error}")
             raise

@@ -184,9 +184,14 @@ class Sam2Segmenter(Segmenter):
         model: Sam2Model | PeftModel,
         *,
         gradient_checkpointing: bool = False,
+        attention: str = "auto",
         dynamic_multimask: bool = False,
     ) -> None:
-        super().__init__(model, gradient_checkpointing=gradient_checkpointing)
+        # attention: accepted for the common interface; it selects SAM's ViT attention
+        # (co2sam.models.attention) and leaves this encoder's blocks as they are.
+        super().__init__(
+            model, gradient_checkpointing=gradient_checkpointing, attention=attention
+        )
         levels = self.sam.config.vision_config.num_feature_levels
         if levels != 3:
             raise ValueError(f"SAM 2 with {levels} feature levels; the mask decoder needs 3")

@@ -1,7 +1,8 @@
-"""Box prompts: class names -> boxes (Grounding DINO, a cache file, oracle masks).
+"""Box prompts: class names -> boxes (Grounding DINO, SAM 3, a cache file, oracle masks).
 
-``box_source(config, split, dataset)`` is the entry point for training and evaluation.
-The Grounding DINO prompter (torch, transformers) is imported lazily.
+``box_source(config, split, dataset)`` is the entry point for training and evaluation;
+``build_prompter(config, class_names)`` gives the detector ``prompts.detector`` names
+(:mod:`co2sam.prompts.registry`). The prompters (torch, transformers) load lazily.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from co2sam.prompts.cache import (
     write_box_cache,
 )
 from co2sam.prompts.oracle import oracle_boxes
+from co2sam.prompts.registry import PROMPTERS, build_prompter, prompter_spec
 from co2sam.prompts.simulate import perturb_boxes
 from co2sam.prompts.source import (
     BoxSource,
@@ -34,13 +36,17 @@ __all__ = [
     "BoxSource",
     "GroundingDinoPrompter",
     "MissingBoxesError",
+    "PROMPTERS",
+    "Sam3Prompter",
     "box_source",
+    "build_prompter",
     "class_prompts",
     "default_cache_path",
     "detector_settings",
     "load_box_cache",
     "oracle_boxes",
     "perturb_boxes",
+    "prompter_spec",
     "query_mode",
     "write_box_cache",
 ]
@@ -51,4 +57,8 @@ def __getattr__(name: str) -> Any:
         from co2sam.prompts.grounding_dino import GroundingDinoPrompter
 
         return GroundingDinoPrompter
+    if name == "Sam3Prompter":
+        from co2sam.prompts.sam3 import Sam3Prompter
+
+        return Sam3Prompter
     raise AttributeError(f"module 'co2sam.prompts' has no attribute {name!r}")

@@ -19,6 +19,7 @@ from co2sam.config import Co2SamConfig
 from co2sam.parallel import Processes
 from co2sam.prompts.cache import BoxCacheError, BoxCacheWriter, part_path
 from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
+from co2sam.prompts.registry import build_prompter
 from co2sam.prompts.source import default_cache_path, detector_settings, oracle_settings
 from co2sam.records import Boxes, Sample
 
@@ -31,7 +32,7 @@ def build_box_cache(
     split: str,
     dataset: Any,
     *,
-    origin: str = "grounding-dino",
+    origin: str = "detector",
     path: str | Path | None = None,
     detector: BatchDetector | None = None,
     overwrite: bool = False,
@@ -41,9 +42,11 @@ def build_box_cache(
 ) -> Path:
     """Write (or complete) the box cache of ``split``; return its path.
 
-    origin: ``grounding-dino`` (``config.prompts``: detector, thresholds, mode, synonyms,
-        batch size, device) or ``oracle`` (boxes from ground-truth masks).
-    detector: replaces the Grounding DINO model (tests, other detectors); the settings
+    origin: ``detector``: the prompter ``config.prompts.detector`` names (Grounding DINO
+        or SAM 3, :mod:`co2sam.prompts.registry`; detector, thresholds, mode, synonyms,
+        batch size, device); a prompter's name (``grounding-dino``, ``sam3``) says the
+        same and checks that the detector is one; ``oracle``: boxes from ground-truth masks.
+    detector: replaces the prompter's model (tests, other detectors); the settings
         still record ``config.prompts``.
     limit: stop after this many *new* images (the file stays resumable).
     processes: the processes of a sharded run (every one calls this); None: one.
@@ -53,10 +56,13 @@ def build_box_cache(
     path = Path(path) if path is not None else default_cache_path(config, split)
     if origin == "oracle":
         settings = oracle_settings(split, class_names)
-    elif origin == "grounding-dino":
-        settings = detector_settings(config, split, class_names)
     else:
-        raise ValueError(f"unknown box origin {origin!r}; use grounding-dino or oracle")
+        settings = detector_settings(config, split, class_names)
+        if origin not in ("detector", settings["origin"]):
+            raise ValueError(
+                f"box origin {origin!r}, but prompts.detector {config.prompts.detector!r} is "
+                f"a {settings['origin']} model; use detector, {settings['origin']} or oracle"
+            )
 
     # Open (and check) the file first: a settings mismatch must not wait for a model load.
     writer, refusal = None, None
@@ -80,7 +86,7 @@ def build_box_cache(
             detector = (
                 _oracle_detector(dataset)
                 if origin == "oracle"
-                else _grounding_dino_detector(config, class_names, settings["mode"])
+                else _prompter_detector(config, class_names, settings["mode"])
             )
         own = writer
         if processes.distributed:
@@ -129,12 +135,10 @@ def _oracle_detector(dataset: Any) -> BatchDetector:
     return detect
 
 
-def _grounding_dino_detector(
+def _prompter_detector(
     config: Co2SamConfig, class_names: Sequence[str], mode: str
 ) -> BatchDetector:
-    from co2sam.prompts.grounding_dino import GroundingDinoPrompter
-
-    prompter = GroundingDinoPrompter.from_config(config, class_names)
+    prompter = build_prompter(config, class_names)
 
     def detect(samples: Sequence[Sample]) -> list[Boxes]:
         labels = [s.labels if mode == "per-class" else None for s in samples]

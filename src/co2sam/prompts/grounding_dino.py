@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from co2sam.prompts.class_texts import class_prompts
 from co2sam.prompts.text_queries import TextQuery, build_queries, select_detections
 from co2sam.records import Boxes
 
@@ -109,8 +110,6 @@ class GroundingDinoPrompter:
         shortest_edge: int = 800,
         longest_edge: int = 1333,
     ) -> None:
-        from co2sam.prompts.source import class_prompts
-
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -153,8 +152,6 @@ class GroundingDinoPrompter:
     @classmethod
     def from_config(cls, config, class_names: Sequence[str]) -> GroundingDinoPrompter:
         """From ``config.prompts`` (detector, thresholds, synonyms, batch size, device, sizes)."""
-        from co2sam.prompts.source import class_prompts
-
         prompts = config.prompts
         return cls.from_pretrained(
             prompts.detector,

@@ -11,13 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from co2sam.classes import prompt_name
 from co2sam.config import Co2SamConfig
 from co2sam.prompts.cache import BoxCacheError, load_box_cache
+from co2sam.prompts.class_texts import class_prompts
 from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
+from co2sam.prompts.registry import PROMPTERS, build_prompter, prompter_spec
 from co2sam.records import Boxes, Sample
-
-DETECTOR_ORIGIN = "grounding-dino"
 
 
 class BoxSource:
@@ -34,7 +33,7 @@ class BoxSource:
     ) -> None:
         self._fetch = fetch
         self.origin = origin
-        """``grounding-dino``, ``oracle``, ``import`` (or whatever a cache records)."""
+        """``grounding-dino``, ``sam3``, ``oracle``, ``import`` (or what a cache records)."""
         self.description = description
         self.max_boxes = max_boxes
         self.settings = dict(settings or {})
@@ -59,33 +58,17 @@ def query_mode(config: Co2SamConfig, split: str) -> str:
     return "per-class" if split == config.data.train_split else "all"
 
 
-def class_prompts(class_names: Sequence[str], synonyms: Sequence[str] = ()) -> list[list[str]]:
-    """Detector texts per object class, ``result[c - 1]`` for class ``c`` in 1..C.
-
-    class_names: background first. synonyms: ``"dataset_name=text|other text"`` entries
-    that replace the default text, :func:`co2sam.classes.prompt_name`.
-    """
-    texts = [[prompt_name(name)] for name in class_names[1:]]
-    for entry in synonyms:
-        name, _, raw = entry.partition("=")
-        if name.strip() not in class_names[1:]:
-            raise ValueError(
-                f"prompts.synonyms names unknown class {name.strip()!r}; "
-                f"classes: {', '.join(class_names[1:])}"
-            )
-        options = [text.strip().lower() for text in raw.split("|") if text.strip()]
-        if not options:
-            raise ValueError(f"prompts.synonyms entry {entry!r} gives no text")
-        texts[class_names.index(name.strip()) - 1] = options
-    return texts
-
-
 def detector_settings(
     config: Co2SamConfig, split: str, class_names: Sequence[str], mode: str | None = None
 ) -> dict[str, Any]:
-    """The settings a Grounding DINO cache of this split is made with (and checked against)."""
-    return {
-        "origin": DETECTOR_ORIGIN,
+    """The settings a detector's cache of this split is made with (and checked against).
+
+    ``origin`` is the prompter ``prompts.detector`` names (:mod:`co2sam.prompts.registry`);
+    ``text_threshold`` is recorded only for the prompters that use it.
+    """
+    spec = prompter_spec(config.prompts.detector)
+    settings = {
+        "origin": spec.name,
         "detector": config.prompts.detector,
         "box_threshold": config.prompts.box_threshold,
         "text_threshold": config.prompts.text_threshold,
@@ -94,6 +77,9 @@ def detector_settings(
         "class_names": list(class_names),
         "split": split,
     }
+    if not spec.uses_text_threshold:
+        del settings["text_threshold"]
+    return settings
 
 
 def oracle_settings(split: str, class_names: Sequence[str]) -> dict[str, Any]:
@@ -109,7 +95,8 @@ def box_source(config: Co2SamConfig, split: str, dataset: Any) -> BoxSource:
     component of the class mask is a box.
     cache: read :func:`default_cache_path`; raises :class:`BoxCacheError` if it was made
     with other settings or lacks images of the split, ``FileNotFoundError`` if absent.
-    detector: run Grounding DINO on each sample (slow; prefer ``co2sam boxes``).
+    detector: run the prompter of ``prompts.detector`` (Grounding DINO, SAM 3) on each
+    sample (slow; prefer ``co2sam boxes``).
     oracle: boxes from the ground-truth masks, score 1.
     """
     prompts = config.prompts
@@ -137,7 +124,7 @@ def cache_source(
     """Boxes read from a box cache, checked against the split before any is used.
 
     path: None reads :func:`default_cache_path` and checks the class names, the split
-    and (for Grounding DINO caches) the detector settings against ``config``. A file the
+    and (for detector caches) the detector settings against ``config``. A file the
     user names is taken with the settings it records: only its class names are checked.
     Both refuse a cache that lacks images of ``dataset``.
     """
@@ -148,7 +135,7 @@ def cache_source(
     if not explicit:
         expected["split"] = split
     cache = load_box_cache(path, expected)
-    if not explicit and cache.origin == DETECTOR_ORIGIN:
+    if not explicit and cache.origin in PROMPTERS:
         # imported / oracle caches have no detector settings
         expected = detector_settings(config, split, class_names)
         cache = load_box_cache(path, expected)
@@ -169,10 +156,8 @@ def cache_source(
 
 
 def _detector_source(config: Co2SamConfig, split: str, class_names: tuple[str, ...]) -> BoxSource:
-    from co2sam.prompts.grounding_dino import GroundingDinoPrompter
-
     settings = detector_settings(config, split, class_names)
-    prompter = GroundingDinoPrompter.from_config(config, class_names)
+    prompter = build_prompter(config, class_names)
     per_class = settings["mode"] == "per-class"
 
     def detect(sample: Sample) -> Boxes:
@@ -180,8 +165,9 @@ def _detector_source(config: Co2SamConfig, split: str, class_names: tuple[str, .
 
     return BoxSource(
         detect,
-        origin=DETECTOR_ORIGIN,
-        description=f"Grounding DINO {config.prompts.detector} ({settings['mode']}), live",
+        origin=settings["origin"],
+        description=f"{PROMPTERS[settings['origin']].title} {config.prompts.detector} "
+        f"({settings['mode']}), live",
         max_boxes=config.prompts.max_boxes,
         settings=settings,
     )

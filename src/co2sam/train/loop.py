@@ -132,15 +132,16 @@ def limit_dataset(dataset: Dataset, limit: int | None) -> Dataset:
 
 
 def build_segmenter(config: Co2SamConfig) -> Any:
-    """SAM from ``model.sam`` with LoRA (fresh, or ``model.adapter`` to start from)."""
-    from co2sam.sam import Segmenter, attach_lora, load_adapter, load_sam
+    """The model of ``model.sam`` (SAM, SAM-HQ or SAM 2.1) with LoRA (fresh, or
+    ``model.adapter`` to start from), in its family's Segmenter."""
+    from co2sam.sam import attach_lora, load_adapter, load_sam, segmenter_for
 
     sam = load_sam(config.model.sam)
     if config.model.adapter:
         model = load_adapter(sam, config.model.adapter)
     else:
         model = attach_lora(sam, rank=config.model.lora_rank, alpha=config.model.lora_alpha)
-    segmenter = Segmenter(
+    segmenter = segmenter_for(
         model,
         gradient_checkpointing=config.model.gradient_checkpointing,
         attention=config.model.attention,
@@ -254,6 +255,7 @@ def fit(
     planned = train.epochs * batches_per_epoch
     total_steps = min(planned, train.max_steps) if train.max_steps else planned
     bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero)
+    bar.print(f"{_describe(segmenter)}: {sum(p.numel() for p in parameters):,} trainable")
     if train.val_every == 0:
         bar.print("validation off (train.val_every = 0): no best/ adapter will be kept")
 
@@ -434,6 +436,19 @@ def _no_buffer_sync() -> dict[str, bool]:
     if "forward_sync_buffers" in parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def _describe(segmenter: Any) -> str:
+    """``SAM 2.1 + LoRA r=4 on q, v of 24 encoder blocks`` (for the log)."""
+    from co2sam.models.families import family_of
+
+    model = segmenter.model
+    title = family_of(model).title
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    if config is None:
+        return title
+    blocks = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    return f"{title} + LoRA r={config.r} on q, v of {len(blocks) // 2} encoder blocks"
 
 
 def _zero_loss(model: Any) -> torch.Tensor:
