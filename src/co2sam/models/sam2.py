@@ -34,6 +34,7 @@ from peft import PeftModel
 from transformers import Sam2Config, Sam2HieraDetConfig, Sam2Model, Sam2VisionConfig
 
 from co2sam.models.segmenter import ImageFeatures, Segmenter, checkpoint_each
+from co2sam.models.variants import meta_style_init
 
 
 def _sam2_config(
@@ -142,15 +143,18 @@ SAM2_VARIANTS: dict[str, Callable[[], Sam2Config]] = {
 def build_sam2(variant: str, *, seed: int = 0) -> Sam2Model:
     """A ``Sam2Model`` of a registered variant with random weights, deterministic in ``seed``.
 
-    transformers' init, plus random position tensors and no-memory embedding (zero there)
-    so that tests can tell them apart. The global RNG state is left untouched.
+    Initialised as :func:`co2sam.models.variants.build_sam` initialises SAM (PyTorch's
+    default init and one random Fourier matrix shared by the prompt encoder and the
+    image-wide positions: transformers' own init gives mask logits around 1e-5), plus
+    random position tensors and no-memory embedding (zero there) so that tests can tell
+    them apart. The global RNG state is left untouched.
     """
     if variant not in SAM2_VARIANTS:
         known = ", ".join(sorted(SAM2_VARIANTS))
         raise ValueError(f"Unknown SAM 2 variant {variant!r}; registered variants: {known}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Sam2Model(SAM2_VARIANTS[variant]())
+        model = meta_style_init(Sam2Model(SAM2_VARIANTS[variant]()))
         with torch.no_grad():
             backbone = model.vision_encoder.backbone
             for param in (backbone.pos_embed, backbone.pos_embed_window, model.no_memory_embedding):

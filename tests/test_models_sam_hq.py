@@ -1,0 +1,97 @@
+"""SAM-HQ's Segmenter: equal to transformers' SamHQModel, HQ features, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from co2sam.models.sam_hq import SAM_HQ_VARIANTS, build_sam_hq, hq_config
+from co2sam.models.variants import fingerprint, tiny
+from co2sam.sam import SamHQSegmenter, attach_lora, lora_parameters
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_sam_hq("tiny_hq").eval()
+
+
+def _inputs() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    boxes = [
+        torch.tensor([[10.0, 20.0, 90.0, 100.0], [0.0, 0.0, 60.0, 70.0]]),
+        torch.tensor([[30.0, 5.0, 120.0, 64.0]]),
+    ]
+    return pixels, boxes
+
+
+@pytest.mark.parametrize("hq_token_only", [False, True])
+def test_decoding_equals_transformers_samhq_forward(model, hq_token_only: bool) -> None:
+    segmenter = SamHQSegmenter(model, hq_token_only=hq_token_only)
+    pixels, boxes = _inputs()
+    with torch.no_grad():
+        features = segmenter.encode(pixels)
+        found = segmenter.decode(features, boxes)
+        for index, image_boxes in enumerate(boxes):
+            expected = model(
+                pixel_values=pixels[index : index + 1],
+                input_boxes=image_boxes[None],
+                multimask_output=False,
+                hq_token_only=hq_token_only,
+            )
+            torch.testing.assert_close(
+                found[index].low_res_logits, expected.pred_masks[0, :, 0], rtol=1e-5, atol=1e-5
+            )
+            torch.testing.assert_close(
+                found[index].iou_scores, expected.iou_scores[0, :, 0], rtol=1e-5, atol=1e-5
+            )
+    # the early ViT features ride along: (B, s, s, C) of the first global block
+    assert features.extras[0].shape == (2, 8, 8, 32) and features.embeddings.shape == (2, 256, 8, 8)
+
+
+def test_the_hq_path_changes_the_masks(model) -> None:
+    pixels, boxes = _inputs()
+    with torch.no_grad():
+        combined = SamHQSegmenter(model).decode(SamHQSegmenter(model).encode(pixels), boxes)
+        hq_only = SamHQSegmenter(model, hq_token_only=True)
+        alone = hq_only.decode(hq_only.encode(pixels), boxes)
+    assert not torch.allclose(combined[0].low_res_logits, alone[0].low_res_logits, atol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch) -> None:
+    from co2sam.models import segmenter as segmenter_module
+
+    calls = []
+
+    def counting_checkpoint(function, *args, **kwargs):
+        calls.append(function)
+        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(segmenter_module, "checkpoint", counting_checkpoint)
+    segmenter = SamHQSegmenter(attach_lora(build_sam_hq("tiny_hq")))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in lora_parameters(segmenter.model):
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    pixels, boxes = _inputs()
+    gradients = []
+    for checkpointing in (False, True):
+        segmenter.gradient_checkpointing = checkpointing
+        embeddings, decoded = segmenter(pixels, boxes)
+        loss = embeddings.square().mean() + sum(d.low_res_logits.sigmoid().mean() for d in decoded)
+        grads = torch.autograd.grad(loss, lora_parameters(segmenter.model))
+        gradients.append(grads)
+    assert len(calls) == 2  # every encoder block ran checkpointed, once
+    for plain, recomputed in zip(*gradients, strict=True):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
+    assert any(float(g.abs().sum()) > 0 for g in gradients[0])
+    assert "forward" not in vars(segmenter.sam.vision_encoder.layers[0])  # restored
+
+
+def test_variants_are_sams_plus_the_hq_parts() -> None:
+    config = hq_config(tiny())
+    assert fingerprint(config) == fingerprint(tiny())
+    assert config.mask_decoder_config.vit_dim == 32
+    assert set(SAM_HQ_VARIANTS) == {"sam_hq_vit_b", "sam_hq_vit_l", "sam_hq_vit_h", "tiny_hq"}
+    assert SAM_HQ_VARIANTS["sam_hq_vit_l"]().mask_decoder_config.vit_dim == 1024
+    with pytest.raises(ValueError, match="registered variants"):
+        build_sam_hq("vit_b")
