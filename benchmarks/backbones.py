@@ -8,8 +8,11 @@ For each backbone, on the same synthetic images and boxes (benchmarks/common.py)
   (``co2sam.predict.box_mask_logits``: encoder, decoder, post-processing), no gradient;
 
 each with its speed (median of turns, cases interleaved so that a change of machine
-load hits all of them), peak memory, total and LoRA parameter counts. Weights are random
-(speed and memory do not depend on their values); nothing is downloaded.
+load hits all of them), peak memory, total and LoRA parameter counts, and the image
+encoder's GFLOP per image (counted with ``torch.utils.flop_counter`` on the meta device:
+no weights are allocated, so ``--counts-only --scale full`` runs anywhere in seconds).
+Weights are random (speed and memory do not depend on their values); nothing is
+downloaded.
 
 Sizes (``--scale``):
 
@@ -22,6 +25,7 @@ Sizes (``--scale``):
 Examples::
 
     python benchmarks/backbones.py                              # CPU, reduced, fp32
+    python benchmarks/backbones.py --scale full --counts-only   # parameters and GFLOP
     python benchmarks/backbones.py --device cuda --scale full --precision bf16 \\
         --batch-size 4 --iterations 10 --warmup 2
 """
@@ -116,6 +120,18 @@ def build_segmenter(backbone: str, scale: str, device: torch.device, seed: int =
     return segmenter_for(model).to(device)
 
 
+def encoder_gflop(backbone: str, scale: str) -> float:
+    """GFLOP of one image-encoder forward (one image), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        segmenter = segmenter_for(MODEL_CLASSES[backbone](CONFIGS[scale][backbone]()))
+        pixels = torch.zeros(1, 3, segmenter.image_size, segmenter.image_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        segmenter.encode(pixels)
+    return counter.get_total_flops() / 1e9
+
+
 def train_batch(items: Sequence[Work]) -> TrainBatch:
     return TrainBatch(
         image_ids=[str(index) for index in range(len(items))],
@@ -180,23 +196,16 @@ def parameter_counts(segmenter: Any) -> tuple[int, int]:
 
 
 def summary(rows: Sequence[Row], info: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per backbone: parameters, train and infer ms/image and peak MiB."""
+    """One line per backbone: counts, and (when timed) train and infer ms/image, peak MiB."""
     by_name = {row.name: row for row in rows}
     lines = []
     for backbone, facts in info.items():
-        train, infer = by_name[f"{backbone} train"], by_name[f"{backbone} infer"]
-        lines.append(
-            {
-                "backbone": TITLES[backbone],
-                "model": facts["model"],
-                "parameters": facts["parameters"],
-                "lora_parameters": facts["lora_parameters"],
-                "train_ms_per_image": train.ms_per_image,
-                "infer_ms_per_image": infer.ms_per_image,
-                "train_peak_mib": train.peak_mib,
-                "infer_peak_mib": infer.peak_mib,
-            }
-        )
+        line = {"backbone": TITLES[backbone], **facts}
+        for kind in ("train", "infer"):
+            row = by_name.get(f"{backbone} {kind}")
+            line[f"{kind}_ms_per_image"] = None if row is None else row.ms_per_image
+            line[f"{kind}_peak_mib"] = None if row is None else row.peak_mib
+        lines.append(line)
     return lines
 
 
@@ -205,14 +214,17 @@ def print_summary(lines: Sequence[dict[str, Any]], baseline: str = "SAM") -> Non
     reference = next((line for line in lines if line["backbone"] == baseline), None)
     print("\n### which backbone")
     print(
-        "| backbone | model | parameters | LoRA | train ms/img | infer ms/img "
-        "| train peak MiB | infer peak MiB |"
+        "| backbone | model | parameters | LoRA | encoder GFLOP/img | train ms/img "
+        "| infer ms/img | train peak MiB | infer peak MiB |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for line in lines:
         cells = []
         for key in ("train_ms_per_image", "infer_ms_per_image"):
             value = line[key]
+            if value is None:
+                cells.append("")
+                continue
             relative = f" ({value / reference[key]:.2f}x)" if reference is not None else ""
             cells.append(f"{value:.0f}{relative}")
         memory = [
@@ -221,8 +233,8 @@ def print_summary(lines: Sequence[dict[str, Any]], baseline: str = "SAM") -> Non
         ]
         print(
             f"| {line['backbone']} | {line['model']} | {line['parameters'] / 1e6:.2f} M "
-            f"| {line['lora_parameters']:,} | {cells[0]} | {cells[1]} | {memory[0]} "
-            f"| {memory[1]} |"
+            f"| {line['lora_parameters']:,} | {line['encoder_gflop']:.1f} | {cells[0]} "
+            f"| {cells[1]} | {memory[0]} | {memory[1]} |"
         )
 
 
@@ -239,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--iterations", type=int, default=5, help="timed calls per case")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case first")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
+    parser.add_argument(
+        "--counts-only", action="store_true", help="parameters and GFLOP only, no timing"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -254,25 +269,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info: dict[str, dict[str, Any]] = {}
     size = None
     for backbone in backbones:
-        segmenter = build_segmenter(backbone, args.scale, device, seed=args.seed)
+        build_on = torch.device("meta") if args.counts_only else device
+        segmenter = build_segmenter(backbone, args.scale, build_on, seed=args.seed)
         size = segmenter.image_size
-        work = make_work(args.images, size, boxes_per_image=args.boxes, seed=args.seed)
         total, lora = parameter_counts(segmenter)
         model = FULL_NAMES[backbone] if args.scale == "full" else args.scale
-        info[backbone] = {"model": model, "parameters": total, "lora_parameters": lora}
+        info[backbone] = {
+            "model": model,
+            "parameters": total,
+            "lora_parameters": lora,
+            "encoder_gflop": encoder_gflop(backbone, args.scale),
+        }
+        if args.counts_only:
+            continue
+        work = make_work(args.images, size, boxes_per_image=args.boxes, seed=args.seed)
         label = f"{TITLES[backbone]} {model}, {total / 1e6:.1f} M + LoRA {lora:,}"
         for kind, make in (("train", train_case), ("infer", infer_case)):
             name = f"{backbone} {kind}"
             cases[name] = make(segmenter, work, args.batch_size, device, args.precision)
             notes[name] = f"{label}, b{args.batch_size} {args.precision}"
 
-    seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
-    rows = [row_from_seconds(name, seconds[name], args.batch_size, notes[name]) for name in cases]
-    if not args.no_memory:
-        add_memory(rows, cases, device)
+    rows: list[Row] = []
+    if cases:
+        seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
+        rows = [
+            row_from_seconds(name, seconds[name], args.batch_size, notes[name]) for name in cases
+        ]
+        if not args.no_memory:
+            add_memory(rows, cases, device)
     env = environment(device)
     env.update(scale=args.scale, size=size, batch_size=args.batch_size, precision=args.precision)
-    print_table(f"backbones ({args.scale}, input {size})", rows, env)
+    if rows:
+        print_table(f"backbones ({args.scale}, input {size})", rows, env)
     lines = summary(rows, info)
     print_summary(lines)
     result = {"benchmark": "backbones", "environment": env, "rows": rows, "summary": lines}

@@ -40,6 +40,19 @@ def test_every_backbone_gets_a_train_and_an_infer_row(backbones, capsys, tmp_pat
     parameters = {line["backbone"]: line["parameters"] for line in result["summary"]}
     assert parameters["SAM-HQ"] > parameters["SAM"]  # SAM's parts plus the HQ decoder parts
     assert "### which backbone" in printed and "(1.00x)" in printed and out.is_file()
+    gflop = {line["backbone"]: line["encoder_gflop"] for line in result["summary"]}
+    assert gflop["SAM"] == pytest.approx(gflop["SAM-HQ"]) and gflop["SAM 2.1"] > 0  # same ViT
+
+
+def test_counts_only_needs_no_weights(backbones, capsys):
+    result = backbones.main(["--scale", "full", "--counts-only", "--backbones", "sam,sam2"])
+    capsys.readouterr()
+    assert result["rows"] == []
+    lines = {line["backbone"]: line for line in result["summary"]}
+    assert lines["SAM"]["lora_parameters"] == 147_456
+    assert lines["SAM 2.1"]["lora_parameters"] == 165_760
+    assert 900 < lines["SAM"]["encoder_gflop"] < 1000  # ViT-B at 1024: ~972 GFLOP
+    assert lines["SAM 2.1"]["encoder_gflop"] < lines["SAM"]["encoder_gflop"]
 
 
 def test_reduced_sam2_tiles_its_windows(backbones):

@@ -48,6 +48,21 @@ def test_decoding_equals_transformers_samhq_forward(model, hq_token_only: bool) 
     assert features.extras[0].shape == (2, 8, 8, 32) and features.embeddings.shape == (2, 256, 8, 8)
 
 
+def test_ragged_batches_decode_as_each_image_alone(model) -> None:
+    segmenter = SamHQSegmenter(model)
+    pixels, (first, second) = _inputs()
+    pixels = torch.cat([pixels, pixels[:1]])
+    boxes = [first, torch.zeros(0, 4), second]
+    with torch.no_grad():
+        features = segmenter.encode(pixels)
+        together = segmenter.decode(features, boxes)
+        alone = [segmenter.decode(features[i : i + 1], [boxes[i]])[0] for i in range(3)]
+    assert [o.low_res_logits.shape[0] for o in together] == [2, 0, 1]
+    for batched, single in zip(together, alone, strict=True):
+        torch.testing.assert_close(batched.low_res_logits, single.low_res_logits)
+        torch.testing.assert_close(batched.iou_scores, single.iou_scores)
+
+
 def test_the_hq_path_changes_the_masks(model) -> None:
     pixels, boxes = _inputs()
     with torch.no_grad():

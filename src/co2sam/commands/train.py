@@ -18,7 +18,9 @@ def train(
     overrides: list[str] | None = SetOption,
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     sam: str | None = typer.Option(
-        None, help="SAM weights: hub id, local folder, official .pth or 'tiny' (model.sam)."
+        None,
+        help="SAM, SAM-HQ or SAM 2.1 weights: hub id, local folder, Meta's .pth / .pt, or "
+        "'tiny' (model.sam).",
     ),
     boxes: str | None = typer.Option(
         None,

@@ -81,9 +81,6 @@ class ImageFeatures:
     def __getitem__(self, index) -> ImageFeatures:
         return ImageFeatures(self.embeddings[index], tuple(x[index] for x in self.extras))
 
-    def __len__(self) -> int:
-        return int(self.embeddings.shape[0])
-
 
 @contextlib.contextmanager
 def checkpoint_each(blocks: Iterable[nn.Module]) -> Iterator[None]:
@@ -259,7 +256,8 @@ class Segmenter(nn.Module):
     def decode_flat(
         self, features: torch.Tensor, image_index: torch.Tensor, flat_boxes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder on N boxes at once (hook): box n prompts image ``image_index[n]``.
+        """The decoder on N boxes at once (hook): box n prompts image ``image_index[n]``
+        (non-decreasing: the boxes of image 0, then of image 1, ...).
 
         flat_boxes: (N, 4) XYXY, S frame. Returns mask logits with N * 4s * 4s elements
         and N IoU predictions (any shape with those counts; ``decode`` reshapes).
