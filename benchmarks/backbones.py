@@ -8,7 +8,8 @@ For each backbone, on the same synthetic images and boxes (benchmarks/common.py)
   (``co2sam.predict.box_mask_logits``: encoder, decoder, post-processing), no gradient;
 
 each with its speed (median of turns, cases interleaved so that a change of machine
-load hits all of them), peak memory, total and LoRA parameter counts, and the image
+load hits all of them; ``--clock process`` counts this process's CPU time, steadier on a
+shared machine), peak memory, total and LoRA parameter counts, and the image
 encoder's GFLOP per image (counted with ``torch.utils.flop_counter`` on the meta device:
 no weights are allocated, so ``--counts-only --scale full`` runs anywhere in seconds).
 Weights are random (speed and memory do not depend on their values); nothing is
@@ -46,10 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    CLOCKS,
     Row,
     Work,
     add_memory,
     autocast,
+    build_cases,
     cpu_config,
     environment,
     make_work,
@@ -188,6 +191,25 @@ def infer_case(
     return run
 
 
+def case_factories(
+    backbone: str, args: argparse.Namespace, work: Sequence[Work], device: torch.device
+) -> dict[str, Callable[[], Callable[[], Any]]]:
+    """The ``train`` and ``infer`` cases of one backbone, for ``common.build_cases``: the
+    model is built on first use (a failure drops the case, not the run) and shared."""
+    built: dict[str, Any] = {}
+
+    def segmenter() -> Any:
+        if "segmenter" not in built:
+            built["segmenter"] = build_segmenter(backbone, args.scale, device, seed=args.seed)
+        return built["segmenter"]
+
+    options = (args.batch_size, device, args.precision)
+    return {
+        f"{backbone} train": lambda: train_case(segmenter(), work, *options),
+        f"{backbone} infer": lambda: infer_case(segmenter(), work, *options),
+    }
+
+
 def parameter_counts(segmenter: Any) -> tuple[int, int]:
     """(parameters of the base model, trainable LoRA parameters)."""
     lora = sum(p.numel() for p in segmenter.trainable_parameters())
@@ -249,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--boxes", type=int, default=3, help="mean boxes per image")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--iterations", type=int, default=5, help="timed calls per case")
+    parser.add_argument("--clock", default="wall", choices=sorted(CLOCKS), help="what is timed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per case first")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory pass")
     parser.add_argument(
@@ -264,15 +287,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    cases: dict[str, Callable[[], Any]] = {}
+    factories: dict[str, Callable[[], Callable[[], Any]]] = {}
     notes: dict[str, str] = {}
     info: dict[str, dict[str, Any]] = {}
     size = None
     for backbone in backbones:
-        build_on = torch.device("meta") if args.counts_only else device
-        segmenter = build_segmenter(backbone, args.scale, build_on, seed=args.seed)
-        size = segmenter.image_size
-        total, lora = parameter_counts(segmenter)
+        # Counted on the meta device; the timed model is built (and may fail) in build_cases.
+        counted = build_segmenter(backbone, args.scale, torch.device("meta"), seed=args.seed)
+        size = counted.image_size
+        total, lora = parameter_counts(counted)
         model = FULL_NAMES[backbone] if args.scale == "full" else args.scale
         info[backbone] = {
             "model": model,
@@ -284,21 +307,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             continue
         work = make_work(args.images, size, boxes_per_image=args.boxes, seed=args.seed)
         label = f"{TITLES[backbone]} {model}, {total / 1e6:.1f} M + LoRA {lora:,}"
-        for kind, make in (("train", train_case), ("infer", infer_case)):
-            name = f"{backbone} {kind}"
-            cases[name] = make(segmenter, work, args.batch_size, device, args.precision)
-            notes[name] = f"{label}, b{args.batch_size} {args.precision}"
+        new = case_factories(backbone, args, work, device)
+        factories.update(new)
+        notes.update({name: f"{label}, b{args.batch_size} {args.precision}" for name in new})
 
     rows: list[Row] = []
-    if cases:
-        seconds = round_robin(cases, device, warmup=args.warmup, iterations=args.iterations)
+    if factories:
+        cases = build_cases(factories, device)
+        seconds = round_robin(
+            cases, device, warmup=args.warmup, iterations=args.iterations, clock=args.clock
+        )
         rows = [
-            row_from_seconds(name, seconds[name], args.batch_size, notes[name]) for name in cases
+            row_from_seconds(name, seconds.get(name, []), args.batch_size, notes[name])
+            for name in factories
         ]
         if not args.no_memory:
             add_memory(rows, cases, device)
     env = environment(device)
     env.update(scale=args.scale, size=size, batch_size=args.batch_size, precision=args.precision)
+    env["clock"] = args.clock
     if rows:
         print_table(f"backbones ({args.scale}, input {size})", rows, env)
     lines = summary(rows, info)
