@@ -30,7 +30,9 @@ def pseudo_labels(
         None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
     ),
     detector: str | None = typer.Option(
-        None, help="Detector the box cache was made with, or to run live (prompts.detector)."
+        None,
+        help="Detector (Grounding DINO, or SAM 3: facebook/sam3) the box cache was made "
+        "with, or to run live (prompts.detector).",
     ),
     out: Path | None = typer.Option(
         None, help="Output folder (default runs/pseudo_labels/<dataset>-<split>/<adapter>)."

@@ -25,10 +25,12 @@ def train(
     boxes: str | None = typer.Option(
         None,
         help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
-        "or cache / detector (live Grounding DINO) / oracle (ground-truth masks).",
+        "or cache / detector (live Grounding DINO or SAM 3) / oracle (ground-truth masks).",
     ),
     detector: str | None = typer.Option(
-        None, help="Detector the box caches were made with, or to run live (prompts.detector)."
+        None,
+        help="Detector (Grounding DINO, or SAM 3: facebook/sam3) the box caches were made "
+        "with, or to run live (prompts.detector).",
     ),
     skip_bad: bool = SkipBadOption,
     out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
