@@ -5,7 +5,9 @@
 #   2. inference (evaluate_model), ViT-B at 1024, by batch size and precision;
 #   3. memory of one ViT-H training step at batch 1 in bf16, with and without
 #      gradient checkpointing ("does it fit in 40 GB?": peak + resident);
-#   4. `co2sam demo --quick` on the GPU: the product end to end (Fabric, bf16-mixed
+#   4. the backbones side by side at full size (SAM, SAM-HQ, SAM 2.1: training step and
+#      inference, bf16);
+#   5. `co2sam demo --quick` on the GPU: the product end to end (Fabric, bf16-mixed
 #      training, evaluation), its table and wall time (not in --dry-run).
 # Weights are random (speed and memory do not depend on their values): nothing is
 # downloaded. Each part has its own time limit, so a slow part cannot eat the others.
@@ -41,14 +43,16 @@ if [ "$dry_run" = 1 ]; then
     --only "published loop, detector every step (reduced)" --only "ours b1 fp32 sdpa")
   infer_extra=(--iterations 1 --images 2 --batch-sizes 1 --precisions fp32 --no-memory)
   big=(--device cpu --variant tiny --size 128 --threads 1 --iterations 1 --warmup 0)
-  limit_train=300 limit_infer=120 limit_big=120
+  limit_train=300 limit_infer=120 limit_big=120 limit_backbones=120
+  backbones=(--device cpu --scale tiny --threads 1 --iterations 1 --warmup 0)
   att=sdpa  # model.attention auto on a CPU
 else
   common=(--device cuda --variant vit_b --size 1024 --warmup 2)
   train_extra=(--iterations 6 --batch-sizes 1,4,8 --flops --profile "ours b1 bf16 folded")
   infer_extra=(--iterations 3 --images 32 --batch-sizes 1,4,16 --flops)
   big=(--device cuda --variant vit_h --size 1024 --iterations 3 --warmup 1)
-  limit_train=270 limit_infer=110 limit_big=130 limit_demo=120
+  limit_train=270 limit_infer=110 limit_big=130 limit_backbones=120 limit_demo=120
+  backbones=(--device cuda --scale full --precision bf16 --iterations 10 --warmup 2)
   att=folded  # model.attention auto on CUDA
 fi
 
@@ -110,6 +114,9 @@ run "$limit_big" "Memory, SAM ViT-H, one bf16 step at batch 1" -- "$python" \
   benchmarks/train_step.py "${big[@]}" --skip-reference --batch-sizes 1 --best-batch 1 \
   --best-no-cache --best-checkpointing --only "ours b1 bf16 $att" \
   --only "ours best: b1 bf16 $att ckpt" --json "$out/memory_vit_h.json"
+
+run "$limit_backbones" "Backbones side by side" -- "$python" benchmarks/backbones.py \
+  "${backbones[@]}" --json "$out/backbones.json"
 
 if [ "$dry_run" = 0 ]; then
   demo_dir=$(mktemp -d)

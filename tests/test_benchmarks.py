@@ -189,10 +189,11 @@ def test_gpu_script_dry_run(tmp_path):
     assert done.returncode == 0, done.stderr
     results = (tmp_path / "gpu_results.md").read_text()
     assert "DRY RUN" in results and "exit status" not in results
-    for title in ("Training step, SAM ViT-B", "Inference, SAM ViT-B", "Memory, SAM ViT-H"):
+    titles = ("Training step, SAM ViT-B", "Inference, SAM ViT-B", "Memory, SAM ViT-H", "Backbones")
+    for title in titles:
         assert f"## {title}" in results
     assert "| published loop, detector every step (reduced) |" in results
     assert "'ours best: b1 bf16 sdpa ckpt'" in results  # the command, quoted as typed (CPU)
     assert "| ours best: b1 bf16 sdpa ckpt |" in results and "| b1 fp32 sdpa |" in results
-    for name in ("train_vit_b.json", "infer_vit_b.json", "memory_vit_h.json"):
+    for name in ("train_vit_b.json", "infer_vit_b.json", "memory_vit_h.json", "backbones.json"):
         assert json.loads((tmp_path / name).read_text())["rows"]

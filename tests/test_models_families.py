@@ -227,10 +227,13 @@ def test_adapters_are_refused_on_another_family(tmp_path: Path) -> None:
     hq = _adapter("tiny_hq", tmp_path / "hq")
     sam2 = _adapter("tiny_sam2", tmp_path / "sam2")
     # SAM-HQ's ViT is SAM's: same fingerprint, so only the family tells them apart.
-    assert read_adapter_metadata(hq)["fingerprint"] == (
-        json.loads((_adapter("tiny", tmp_path / "sam") / "co2sam_adapter.json").read_text())[
-            "fingerprint"
-        ]
+    assert (
+        read_adapter_metadata(hq)["fingerprint"]
+        == (
+            json.loads((_adapter("tiny", tmp_path / "sam") / "co2sam_adapter.json").read_text())[
+                "fingerprint"
+            ]
+        )
     )
     with pytest.raises(AdapterError, match=r"trained on SAM-HQ \('tiny_hq'\).*given is SAM "):
         load_adapter("tiny", hq)
