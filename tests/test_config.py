@@ -26,6 +26,19 @@ def test_presets(preset, beta, entropy, epochs):
     assert config.loss.entropy_weight == entropy
     assert config.train.epochs == epochs
     assert config.data.dataset == preset
+    # The loss form that produced the published numbers, with co2sam's corrected boxes
+    # and evaluation (SPEC.md, "Which quirks the presets reproduce").
+    assert config.loss.compat == "reference"
+    assert config.prompts.compat == "paper" and config.eval.compat == "paper"
+    assert load_config(preset, ["loss.compat=paper"]).loss.compat == "paper"
+
+
+def test_compat_switches_default_to_the_paper_and_check_their_values():
+    config = Co2SamConfig()
+    assert (config.loss.compat, config.prompts.compat, config.eval.compat) == ("paper",) * 3
+    for key in ("loss.compat", "prompts.compat", "eval.compat"):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [f"{key}=published"])
 
 
 def test_overrides_are_typed():

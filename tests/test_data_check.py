@@ -122,3 +122,29 @@ def test_check_data_folder_dataset(tmp_path):
     assert result.exit_code == 1
     assert "gone.jpg" in result.output and "none.jpg" in result.output
     assert "ok.jpg" not in result.output
+
+
+def test_check_data_reports_repeated_images_and_case_only_class_names(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "classes.txt").write_text("background\ncat\nDog\ndog\n")
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / f"{name}.jpg")
+    (tmp_path / "labels.csv").write_text("image,labels\na.jpg,cat\nb.jpg,CAT\na.jpg,dog\n")
+    result = runner.invoke(
+        app, ["check-data", "--dataset", "folder", "--data-root", str(tmp_path)], terminal_width=250
+    )
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "image 'a.jpg' listed again at line 4 (first at line 2)" in text
+    assert "'Dog' and 'dog' differ only in case" in text
+    assert "label 'CAT' at line 3 matches class 'cat' only ignoring case" in text
+
+
+def test_labels_json_repeated_keys_are_found(tmp_path):
+    from co2sam.data.folder import labels_file_findings
+
+    path = tmp_path / "labels.json"
+    path.write_text('{\n "a.jpg": ["cat"],\n "b.jpg": ["cat"],\n "a.jpg": ["cat"]\n}\n')
+    (finding,) = labels_file_findings(path, ("background", "cat"))
+    assert finding[0] == "warning"
+    assert "listed again at line 4 (first at line 2)" in finding[1]

@@ -95,9 +95,9 @@ def test_masks_match_pycocotools_in_area_order(coco_files, tmp_path):
     ]
     assert (out / "train_unannotated.txt").read_text().split() == ["COCO_train2014_000000000003"]
     for image_id in (1, 2):
-        written = Image.open(out / "masks" / f"COCO_train2014_{image_id:012d}.png")
-        assert written.mode == "P"
-        np.testing.assert_array_equal(np.array(written), _expected_mask(instances, image_id))
+        with Image.open(out / "masks" / f"COCO_train2014_{image_id:012d}.png") as written:
+            assert written.mode == "P"
+            np.testing.assert_array_equal(np.array(written), _expected_mask(instances, image_id))
     first = np.array(Image.open(out / "masks" / "COCO_train2014_000000000001.png"))
     assert first[15, 15] == COCO_CATEGORY_IDS.index(DOG) + 1  # small dog drawn over person
     assert first[35, 2] == IGNORE_INDEX  # crowd region

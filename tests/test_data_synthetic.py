@@ -18,10 +18,12 @@ def test_layout_and_speed(tmp_path):
     assert (len(train), len(val)) == (40, 10)
     assert lists.joinpath("train_aug.txt").read_text().split() == train
     assert voc.joinpath("classes.txt").read_text().split("\n")[0] == "background"
-    mask = Image.open(voc / "SegmentationClass" / f"{train[0]}.png")
-    assert mask.mode == "P"
-    instances = Image.open(voc / "SegmentationObject" / f"{train[0]}.png")
-    assert instances.size == mask.size == (128, 128)
+    with (
+        Image.open(voc / "SegmentationClass" / f"{train[0]}.png") as mask,
+        Image.open(voc / "SegmentationObject" / f"{train[0]}.png") as instances,
+    ):
+        assert mask.mode == "P"
+        assert instances.size == mask.size == (128, 128)
     labels = json.loads(voc.joinpath("labels.json").read_text())
     assert set(labels) == set(train + val)
 

@@ -117,6 +117,33 @@ def test_limit_and_no_boxes(segmenter, dataset):
     assert metrics["precision"][1:] == [None] * 4  # no object predicted
 
 
+def test_reference_compat_assembles_like_the_published_evaluation(segmenter, dataset):
+    from co2sam.predict import box_mask_logits
+    from co2sam.semantic import reference_semantic_map
+
+    seen = []
+    results = evaluate_model(
+        segmenter, dataset, with_false_box, progress=False, compat="reference",
+        on_prediction=seen.append,
+    )  # fmt: skip
+    assert {metrics["compat"] for metrics in results.values()} == {"reference"}
+    for prediction in seen:
+        sample, boxes = prediction.sample, with_false_box(prediction.sample)
+        with torch.inference_mode():
+            logits = box_mask_logits(segmenter, [sample.image], [boxes], frame="resized")[0]
+        assert logits.shape[-2:] == (91, 128)  # 40x56 scaled so the longest side is 128
+        allowed = sample.labels if prediction.mode == "label-guided" else None
+        expected = reference_semantic_map(
+            logits, torch.from_numpy(boxes.classes), torch.from_numpy(boxes.scores), 5,
+            sample.mask.shape, allowed,
+        )  # fmt: skip
+        assert torch.equal(prediction.label_map.cpu(), expected)
+    # The published quirk at work: the whole-image box of an absent class makes unclaimed
+    # pixels a class (the first zero channel), not background, in label-guided mode.
+    guided = [p for p in seen if p.mode == "label-guided"]
+    assert any(set(p.label_map.unique().tolist()) - {0, *p.sample.labels} for p in guided)
+
+
 def test_modes_of():
     assert modes_of("both") == ("label-guided", "open")
     assert modes_of("open") == ("open",)
@@ -167,6 +194,8 @@ def test_evaluate_command_writes_report_pngs_and_figures(data_root, dataset, tmp
     assert report["box_source"]["origin"] == "oracle"
     assert report["config"]["data"]["dataset"] == "synthetic"
     assert report["results"]["open"]["mode"] == "open"
+    assert report["eval_compat"] == "paper" and report["results"]["open"]["compat"] == "paper"
+    assert report["checkpoint"]["adapter"] == str(adapter)
     for mode in ("label-guided", "open"):
         assert (out / mode / "confusion_matrix.png").is_file()
         for sample in dataset:
@@ -325,3 +354,23 @@ def test_a_cache_from_another_detector_is_refused_with_the_fix(data_root, tmp_pa
     assert "pass --detector other/dino" in " ".join(result.output.split())
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--detector", "other/dino"])
     assert result.exit_code == 0, result.output
+
+
+def test_reports_say_whether_best_was_chosen_on_the_evaluated_split(tmp_path):
+    from co2sam.commands.inference import checkpoint_record
+
+    extra = {"selected_on": {"split": "val", "metric": "label-guided mIoU"}, "step": 7}
+    model = attach_lora(load_sam("tiny"))
+    best = save_adapter(
+        model, tmp_path / "best", base="tiny", extra={**extra, "checkpoint": "best"}
+    )
+    last = save_adapter(
+        model, tmp_path / "last", base="tiny", extra={**extra, "checkpoint": "last"}
+    )
+    on_val = checkpoint_record(str(best), "val")
+    assert on_val["checkpoint"] == "best" and on_val["selected_on_this_split"]
+    assert "optimistic" in on_val["note"]
+    assert "note" not in checkpoint_record(str(best), "test")
+    assert checkpoint_record(str(last), "val")["checkpoint"] == "last"
+    assert "note" not in checkpoint_record(str(last), "val")
+    assert checkpoint_record(None, "val") is None

@@ -133,3 +133,43 @@ def test_missing_local_source_is_a_clear_error(source: str) -> None:
 def test_folder_without_config_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_sam(str(tmp_path))
+
+
+def _decoder_eps(model: SamModel) -> set[float]:
+    return {
+        module.eps
+        for module in model.mask_decoder.transformer.modules()
+        if isinstance(module, torch.nn.LayerNorm)
+    }
+
+
+@pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h", "tiny"])
+def test_variants_use_metas_mask_decoder_layer_norm_eps(variant: str) -> None:
+    assert sam_config(variant).mask_decoder_config.layer_norm_eps == 1e-5
+
+
+def test_pth_load_has_metas_layer_norm_eps(tmp_path: Path) -> None:
+    path = export_official_checkpoint(build_sam("tiny"), tmp_path / "sam.pth")
+    loaded = load_sam(str(path))
+    assert _decoder_eps(loaded) == {1e-5}
+    assert loaded.mask_decoder.upscale_layer_norm.eps == 1e-6  # Meta's LayerNorm2d
+
+
+def test_meta_weights_from_a_folder_get_metas_eps(tmp_path: Path, monkeypatch) -> None:
+    """A folder whose config says transformers' default 1e-6: ViT-B/L/H loads use 1e-5."""
+    from co2sam.models import loading
+    from co2sam.models.variants import is_meta_variant
+
+    assert is_meta_variant(sam_config("vit_b")) and not is_meta_variant(sam_config("tiny"))
+    model = build_sam("tiny").eval()
+    model.config.mask_decoder_config.layer_norm_eps = 1e-6
+    model.save_pretrained(tmp_path / "sam")
+    as_saved = SamModel.from_pretrained(tmp_path / "sam").eval()
+    assert _decoder_eps(as_saved) == {1e-6, 1e-5}  # the final-attention norm is always 1e-5
+    assert _decoder_eps(load_sam(str(tmp_path / "sam"))) == {1e-6, 1e-5}  # tiny: as saved
+    monkeypatch.setattr(loading, "is_meta_variant", lambda config: True)
+    loaded = load_sam(str(tmp_path / "sam"))
+    assert _decoder_eps(loaded) == {1e-5}
+    assert loaded.config.mask_decoder_config.layer_norm_eps == 1e-5
+    assert torch.equal(_outputs(loaded)[1], _outputs(build_sam("tiny").eval())[1])
+    assert not torch.equal(_outputs(as_saved)[1], _outputs(loaded)[1])

@@ -82,6 +82,8 @@ def test_a_second_command_on_the_same_folder_is_refused(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+        process.stdin.close()
+        process.stdout.close()
     with _folder(tmp_path / "out") as folder:  # released: the same run resumes
         assert folder.resumed
 

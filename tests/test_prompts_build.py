@@ -161,3 +161,17 @@ def test_import_boxes_refuses_to_replace_a_cache_without_overwrite(data_root, tm
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_integer_ids_match_whole_ids_not_trailing_digits(tmp_path):
+    ids = ["2008_000009", "000000000073", "COCO_val2014_000000000042", "img42"]
+    results = [
+        {"image_id": image_id, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}
+        for image_id in (9, 73, 42)
+    ]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results))
+    boxes, summary = import_coco_results(path, ids, ("background", "cat"))
+    assert len(boxes["2008_000009"]) == 0 and len(boxes["img42"]) == 0
+    assert len(boxes["000000000073"]) == 1 and len(boxes["COCO_val2014_000000000042"]) == 1
+    assert summary.skipped_images == 1  # id 9 matches no whole id

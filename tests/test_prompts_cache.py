@@ -158,6 +158,8 @@ def test_a_second_writer_is_refused_while_the_first_works(tmp_path):
     finally:
         if holder.poll() is None:
             holder.kill()
+        holder.stdin.close()
+        holder.stdout.close()
     lines = cache.read_text().splitlines()
     ids = [json.loads(line)["id"] for line in lines[1:]]
     assert len(ids) == len(set(ids)) == 6

@@ -45,6 +45,23 @@ def test_reference_mode_keeps_the_unflipped_boxes():
         np.testing.assert_array_equal(training_set[index].boxes, BOXES.xyxy)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "flipped"), [([], True), (["prompts.compat=reference"], False)]
+)
+def test_voc_preset_flips_boxes_and_prompts_reference_does_not(overrides, flipped):
+    """The voc preset takes the published loss form, not the unflipped-box bug."""
+    from types import SimpleNamespace
+
+    from co2sam.config import load_config
+    from co2sam.train.loop import _loader
+
+    config = load_config("voc", overrides + ["data.num_workers=0"])
+    assert config.loss.compat == "reference"
+    fabric = SimpleNamespace(world_size=1, global_rank=0)
+    training_set = _loader(config, _dataset(), lambda sample: BOXES, fabric)[0]
+    assert training_set.flip_boxes is flipped
+
+
 def test_augmentation_depends_only_on_seed_epoch_and_index():
     first, second = _training_set(), _training_set()
     first.set_epoch(3)

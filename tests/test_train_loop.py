@@ -192,7 +192,9 @@ def test_fit_validates_keeps_the_best_adapter_and_logs(data_root, tmp_path):
     model = load_adapter(None, result.best_adapter)
     assert any("lora_B" in name for name, _ in model.named_parameters())
     assert (run / "last" / "co2sam_adapter.json").is_file()
-    rows = list(csv.DictReader((run / "csv" / "from-step-0" / "metrics.csv").open()))
+    rows = list(
+        csv.DictReader((run / "csv" / "from-step-0" / "metrics.csv").read_text().splitlines())
+    )
     assert any(row.get("train/total") for row in rows)
     assert any(row.get("val/label-guided/miou") for row in rows)
     assert any(row.get("train/lr") for row in rows)
@@ -266,7 +268,6 @@ def test_template_cache_trains_the_same_weights(data_root, tmp_path):
     expected, found = _lora(plain), _lora(cached)
     for name in expected:
         torch.testing.assert_close(found[name], expected[name], rtol=1e-5, atol=1e-6)
-    rows = list(
-        csv.DictReader((tmp_path / "cached" / "csv" / "from-step-0" / "metrics.csv").open())
-    )
+    metrics_csv = tmp_path / "cached" / "csv" / "from-step-0" / "metrics.csv"
+    rows = list(csv.DictReader(metrics_csv.read_text().splitlines()))
     assert any(row.get("train/template_cache_hit_rate") for row in rows)

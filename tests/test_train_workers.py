@@ -126,6 +126,7 @@ def test_kill_9_leaves_no_worker_and_resumes_to_the_same_adapter(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+        process.stdout.close()
     # Within torch's own 5 s idle check, which a worker blocked on a full pipe never runs.
     deadline = time.monotonic() + 4
     while any(_running(pid) for pid in workers) and time.monotonic() < deadline:

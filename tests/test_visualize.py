@@ -68,3 +68,38 @@ def test_figures_are_written(tmp_path):
     assert grid.is_file()
     with pytest.raises(ValueError, match="expected 4"):
         comparison_grid([(image, _label())], tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize(
+    "box", [[150, 5, 200, 60], [150, 80, 200, 100], [0, 0, 30, 20], [-10, -10, 5, 5]]
+)
+def test_box_captions_stay_inside_the_image(box):
+    from PIL import ImageDraw
+
+    from co2sam.visualize import _caption_origin
+
+    caption = "green rectangle 0.85"
+    size = (200, 100)
+    draw = ImageDraw.Draw(Image.new("RGB", size))
+    left, top, right, bottom = draw.textbbox(_caption_origin(draw, caption, box[:2], size), caption)
+    assert left >= 0 and right <= size[0] and top >= 0 and bottom <= size[1]
+    # The caption's fill colour is drawn right up to the image's edge, not past it.
+    drawn = overlay(
+        np.zeros((size[1], size[0], 3), np.uint8),
+        boxes=Boxes(np.array([box]), np.array([1]), np.array([0.85])),
+        class_names=["background", "green rectangle"],
+    )
+    assert (drawn == voc_palette()[1]).all(axis=2).sum() > 50
+
+
+def test_comparison_grid_legend_names_every_class_colour(tmp_path):
+    image = np.zeros((6, 8, 3), np.uint8)
+    rows = [(image, _label(), _label(), None)]
+    plain = comparison_grid(rows, tmp_path / "plain.png")
+    legend = comparison_grid(rows, tmp_path / "legend.png", legend=["background", "a", "b"])
+    with Image.open(plain) as a, Image.open(legend) as b:
+        assert a.size == b.size
+        pixels = np.asarray(b.convert("RGB"))
+        assert not np.array_equal(np.asarray(a.convert("RGB")), pixels)
+    for colour in voc_palette()[1:3]:  # each class's swatch is in the figure
+        assert (pixels == colour).all(axis=2).any()

@@ -25,19 +25,21 @@ def test_commands_chain_on_generated_data(tmp_path):
     for split in ("train", "val"):
         invoke("boxes", "--data-root", str(data), "--split", split, "--oracle")
     run = tmp_path / "run"
-    invoke(
+    trained = invoke(
         "train", "--data-root", str(data), "--sam", "tiny", "--out", str(run),
         "--set", "data.train_split=train", "--set", "data.num_workers=0",
         "--max-steps", "2", "--no-progress",
     )  # fmt: skip
     assert (run / "last" / "adapter_model.safetensors").is_file()
     assert (run / "checkpoints" / "last.pt").is_file()
+    assert "last/ (epoch 0, not validated)" in " ".join(trained.split())
 
     out = tmp_path / "eval"
     invoke("evaluate", "--data-root", str(data), "--adapter", str(run / "last"),
            "--split", "val", "--out", str(out))  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert set(report["results"]) == {"label-guided", "open"}
+    assert report["checkpoint"]["checkpoint"] == "last" and report["checkpoint"]["step"] == 2
     for mode, result in report["results"].items():
         assert result["mode"] == mode and 0.0 <= result["miou"] <= 1.0
 
@@ -47,10 +49,12 @@ def test_commands_chain_on_generated_data(tmp_path):
     ids = (data / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
     written = sorted(p.stem for p in (labels / "SegmentationClass").glob("*.png"))
     assert written == sorted(ids)
-    first = Image.open(labels / "SegmentationClass" / f"{ids[0]}.png")
-    source = Image.open(data / "VOC2012" / "JPEGImages" / f"{ids[0]}.jpg")
-    assert first.mode == "P" and first.size == source.size
-    assert np.array(first).max() <= 3
+    with (
+        Image.open(labels / "SegmentationClass" / f"{ids[0]}.png") as first,
+        Image.open(data / "VOC2012" / "JPEGImages" / f"{ids[0]}.jpg") as source,
+    ):
+        assert first.mode == "P" and first.size == source.size
+        assert np.array(first).max() <= 3
 
     predictions = tmp_path / "pred"
     invoke("predict", str(data / "VOC2012" / "JPEGImages" / f"{ids[0]}.jpg"),

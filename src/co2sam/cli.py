@@ -2,14 +2,30 @@
 
 Heavy imports (torch, transformers) happen inside the commands so that
 ``co2sam --help`` answers at once.
+
+OpenMP reads its settings once, when torch loads, so they are set here, before any
+command imports torch (a user's own values win): a passive wait policy, because
+spinning OpenMP threads slow everything else on the CPU, and themselves ~10x when
+another process is busy; and at most one thread per CPU this process may run on.
 """
 
 from __future__ import annotations
 
-import typer
+import os
 
-from co2sam import __version__
-from co2sam.commands import (
+
+def _openmp_defaults() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if hasattr(os, "sched_getaffinity"):
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(len(os.sched_getaffinity(0)), 1)))
+
+
+_openmp_defaults()
+
+import typer  # noqa: E402  (after the OpenMP settings, which must precede torch)
+
+from co2sam import __version__  # noqa: E402
+from co2sam.commands import (  # noqa: E402
     boxes,
     check_data,
     demo,
@@ -27,6 +43,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: wraps at word boundaries at any width; rich panels cut words
+    # and long flag names at 80 columns.
+    rich_markup_mode=None,
 )
 
 

@@ -83,9 +83,11 @@ class DataConfig:
 class PromptConfig:
     """How class names become box prompts."""
 
-    source: Literal["cache", "detector", "oracle"] = "cache"
+    source: Literal["cache", "detector", "oracle", "simulated"] = "cache"
     """``cache``: read boxes made by ``co2sam boxes``; ``detector``: run the detector
-    on the fly; ``oracle``: boxes from ground-truth masks (debugging, upper bound)."""
+    on the fly; ``oracle``: boxes from ground-truth masks (debugging, upper bound);
+    ``simulated``: the demo's simulated detector (ground-truth instance boxes, jittered,
+    missed and false boxes; only inside ``co2sam demo``)."""
     detector: str = "IDEA-Research/grounding-dino-base"
     """Detector hub id or local folder: Grounding DINO (the reference code uses
     swinb_cogcoor) or SAM 3 (``facebook/sam3``); see :mod:`co2sam.prompts.registry`."""
@@ -111,9 +113,14 @@ class PromptConfig:
     synonyms: list[str] = field(default_factory=list)
     """Detector texts per class, ``"dataset_name=text|other text"`` (e.g.
     ``"tvmonitor=tv monitor|television"``); default: the readable class name."""
+    compat: Literal["paper", "reference"] = "paper"
+    """``paper``: boxes follow the weak view's flips. ``reference``: the published
+    code's box bugs, for like-for-like comparison: training boxes (found on the
+    un-augmented image) are used unflipped on the flipped weak view."""
 
     def __post_init__(self) -> None:
-        _check_choice("prompts.source", self.source, ("cache", "detector", "oracle"))
+        _check_choice("prompts.source", self.source, ("cache", "detector", "oracle", "simulated"))
+        _check_choice("prompts.compat", self.compat, ("paper", "reference"))
         _check_choice("prompts.mode", self.mode, ("auto", "per-class", "all"))
         if not 0 < self.image_min_size <= self.image_max_size:
             raise ConfigError("prompts.image_min_size must be in 1..prompts.image_max_size")
@@ -135,8 +142,11 @@ class LossConfig:
     """Loss weights and the reference-compatibility switch (SPEC.md, training step)."""
 
     compat: Literal["paper", "reference"] = "paper"
-    """``paper``: the method as described; ``reference``: reproduce the quirks of the
-    published code (loss forms, and boxes left unflipped on the flipped weak view)."""
+    """Loss form. ``paper``: as the paper describes it (per-pixel focal, smooth-1 dice);
+    ``reference``: the published code's form (focal on the mean BCE, the number of masks
+    as focal alpha and dice smooth, the IoU target on logits, raw-logit pooling,
+    last-image entropy; co2sam.losses). The published beta (30 VOC, 20 COCO) was tuned
+    with the reference form, so the ``voc`` and ``coco`` presets use it."""
     focal_weight: float = 30.0
     """beta: 30 for VOC, 20 for COCO."""
     focal_alpha: float = 0.8
@@ -232,6 +242,12 @@ class EvalConfig:
     mode: EvalMode = "both"
     """``label-guided``: ground-truth image labels filter the prediction (the
     published protocol; right for pseudo-labels). ``open``: no test-time labels."""
+    compat: Literal["paper", "reference"] = "paper"
+    """``paper``: co2sam's label-map assembly (SPEC.md, Inference). ``reference``: the
+    published evaluation's, for like-for-like comparison with its numbers: background
+    decided before the non-label classes are dropped (a pixel claimed only by a non-label
+    box becomes the first class, not background), the class-score stack resized after the
+    max over boxes, boxes whose phrase matched no class used as background boxes."""
     split: str = "val"
     batch_size: int = 4
     out_dir: str | None = None
@@ -245,6 +261,7 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check_choice("eval.mode", self.mode, ("label-guided", "open", "both"))
+        _check_choice("eval.compat", self.compat, ("paper", "reference"))
 
 
 @dataclass

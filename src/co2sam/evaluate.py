@@ -8,6 +8,10 @@ from the same mask logits (SPEC.md, Inference):
 - ``label-guided``: only boxes of the image's ground-truth classes (the published
   protocol, and the one for pseudo-labels);
 - ``open``: every box (true test-time segmentation).
+
+``compat="reference"`` (``eval.compat``) assembles the label maps as the published
+evaluation does instead (:func:`co2sam.semantic.reference_semantic_map`); the metrics
+are computed the same way in both.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def evaluate_model(
     autocast: bool = True,
     num_workers: int = 0,
     reduce_across_processes: bool = False,
+    compat: str = "paper",
 ) -> dict[str, dict[str, Any]]:
     """Segment the images of ``dataset`` and score them against their masks.
 
@@ -83,12 +88,16 @@ def evaluate_model(
         reduce_across_processes: with torch.distributed initialised, sum the confusion
             matrices of all processes (each must evaluate its own shard of the split, and
             every process must call this).
+        compat: ``paper`` (co2sam's assembly) or ``reference`` (the published one).
 
     Returns:
         ``{mode: metrics}``; metrics as in :func:`co2sam.metrics.metrics_from_matrix`
-        plus ``mode`` and ``num_images`` (images with a ground-truth mask). Without
-        any mask the numbers are None.
+        plus ``mode``, ``compat`` and ``num_images`` (images with a ground-truth mask).
+        Without any mask the numbers are None.
     """
+    if compat not in ("paper", "reference"):
+        raise ValueError(f"compat must be paper or reference, got {compat!r}")
+    frame = "resized" if compat == "reference" else "original"
     modes = tuple(modes)
     for mode in modes:
         modes_of(mode)
@@ -117,15 +126,20 @@ def evaluate_model(
                     continue
                 boxes = [boxes_fn(sample) for sample in samples]
                 with autocast_context(segmenter.device, autocast):
-                    logits = box_mask_logits(segmenter, [s.image for s in samples], boxes)
+                    logits = box_mask_logits(
+                        segmenter, [s.image for s in samples], boxes, frame=frame
+                    )
                 for sample, image_logits, image_boxes in zip(samples, logits, boxes, strict=True):
                     target = None
                     if sample.mask is not None:
                         target = torch.from_numpy(sample.mask).to(segmenter.device)
                         num_images += 1
+                    size = sample.image.shape[:2] if compat == "reference" else None
                     for mode in modes:
                         allowed = sample.labels if mode == "label-guided" else None
-                        label_map = label_map_of(image_logits, image_boxes, num_classes, allowed)
+                        label_map = label_map_of(
+                            image_logits, image_boxes, num_classes, allowed, reference_size=size
+                        )
                         if target is not None:
                             confusions[mode].update(label_map, target)
                         if on_prediction is not None:
@@ -138,7 +152,12 @@ def evaluate_model(
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(num_images)
     return {
-        mode: {**confusion.compute(), "mode": mode, "num_images": int(num_images)}
+        mode: {
+            **confusion.compute(),
+            "mode": mode,
+            "compat": compat,
+            "num_images": int(num_images),
+        }
         for mode, confusion in confusions.items()
     }
 

@@ -26,22 +26,31 @@ import numpy as np
 import torch
 
 from co2sam.records import Boxes
-from co2sam.semantic import semantic_map
+from co2sam.semantic import reference_semantic_map, semantic_map
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def box_mask_logits(
-    segmenter: Any, images: Sequence[np.ndarray], boxes: Sequence[Boxes]
+    segmenter: Any,
+    images: Sequence[np.ndarray],
+    boxes: Sequence[Boxes],
+    *,
+    frame: str = "original",
 ) -> list[torch.Tensor]:
     """Mask logits of every box of every image, at the original image size.
 
     segmenter: a :class:`co2sam.sam.Segmenter` (any device; run under inference mode
         and, on GPU, autocast if wanted). images: B (H, W, 3) uint8 RGB arrays (sizes
         may differ). boxes: B :class:`Boxes`, XYXY in each image's original frame.
-    Returns B float32 tensors (Ni, H, W) on the segmenter's device. One encoder pass
-    for the whole batch, one decoder pass for all boxes.
+    frame: ``original`` (H, W), or ``resized``: the model-input frame with the padding
+        cropped away, (h, w) with the longest side S (what the published evaluation
+        assembles its label map in, ``eval.compat: reference``).
+    Returns B float32 tensors (Ni, H, W) or (Ni, h, w) on the segmenter's device. One
+    encoder pass for the whole batch, one decoder pass for all boxes.
     """
+    if frame not in ("original", "resized"):
+        raise ValueError(f"frame must be original or resized, got {frame!r}")
     if len(images) != len(boxes):
         raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
     prepared = segmenter.preprocess(list(images))
@@ -51,6 +60,11 @@ def box_mask_logits(
         for image_boxes, size in zip(boxes, prepared.original_sizes, strict=True)
     ]
     outputs = segmenter.decode(embeddings, scaled)
+    if frame == "resized":
+        return [
+            segmenter.upscale(output.low_res_logits.float())[:, : resized[0], : resized[1]]
+            for output, resized in zip(outputs, prepared.resized_sizes, strict=True)
+        ]
     return [
         segmenter.postprocess(output.low_res_logits.float(), resized, original)
         for output, resized, original in zip(
@@ -64,9 +78,25 @@ def label_map_of(
     boxes: Boxes,
     num_classes: int,
     allowed_classes: Sequence[int] | None = None,
+    *,
+    reference_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """(H, W) int64 label map from (N, H, W) logits and the N boxes (see semantic.py)."""
+    """(H, W) int64 label map from (N, H, W) logits and the N boxes (see semantic.py).
+
+    reference_size: given, the logits are (N, h, w) in the resized frame and the map is
+    assembled as the published evaluation does (:func:`reference_semantic_map`) at this
+    (H, W) original size.
+    """
     device = mask_logits.device
+    if reference_size is not None:
+        return reference_semantic_map(
+            mask_logits,
+            torch.from_numpy(boxes.classes).to(device),
+            torch.from_numpy(boxes.scores).to(device),
+            num_classes,
+            reference_size,
+            allowed_classes,
+        )
     return semantic_map(
         mask_logits,
         torch.from_numpy(boxes.classes).to(device),

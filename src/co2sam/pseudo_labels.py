@@ -81,8 +81,11 @@ def export_pseudo_labels(
     limit: int | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    compat: str = "paper",
 ) -> dict[str, Any]:
     """Segment every image of ``dataset`` in one mode and write the VOC layout above.
+
+    compat: the label-map assembly (``eval.compat``), see :func:`evaluate_model`.
 
     Returns the mode's metrics against the ground truth (``num_images`` 0 and None
     values when the split has no masks), plus ``label_folder`` and ``num_written``.
@@ -100,6 +103,7 @@ def export_pseudo_labels(
         progress=progress,
         on_prediction=writer,
         num_workers=num_workers,
+        compat=compat,
     )
     ids = writer.written[mode]
     write_split_list(out_dir, split or getattr(dataset, "split", "pseudo"), ids)

@@ -20,7 +20,12 @@ What the argmax does, case by case (this module implements exactly this):
 
 Label-guided mode passes ``allowed_classes`` (the image's ground-truth image-level
 labels): boxes of other classes are dropped before the argmax. Open mode passes
-``None`` and keeps every box.
+``None`` and keeps every box. Boxes of class 0 (the detector's phrase matched no
+class; only ``prompts.compat: reference`` keeps them) are dropped too.
+
+:func:`reference_semantic_map` is the published evaluation's assembly instead
+(``eval.compat: reference``, SPEC.md "Evaluation quirks"), for like-for-like comparison
+with the published numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from co2sam.classes import BACKGROUND
 
@@ -43,7 +49,7 @@ def class_scores(
 
     Args:
         mask_logits: (N, H, W) float mask logits of the N boxes at the original size.
-        box_classes: (N,) int class of each box, in 1..num_classes-1.
+        box_classes: (N,) int class of each box, in 0..num_classes-1 (0: dropped).
         box_scores: (N,) float detector confidence of each box.
         num_classes: C + 1, background included.
         allowed_classes: keep only boxes of these classes (label-guided), or None (open).
@@ -73,7 +79,7 @@ def semantic_map(
     Args:
         mask_logits: (N, H, W) float mask logits of the N boxes at the original size
             (N may be 0).
-        box_classes: (N,) int class of each box, in 1..num_classes-1.
+        box_classes: (N,) int class of each box, in 0..num_classes-1 (0: dropped).
         box_scores: (N,) float detector confidence of each box.
         num_classes: C + 1, background included.
         allowed_classes: label-guided mode: the image's ground-truth classes (boxes of
@@ -132,14 +138,79 @@ def _filtered(
             f"{len(mask_logits)} masks but {len(box_classes)} box classes and "
             f"{len(box_scores)} box scores"
         )
-    if len(box_classes) and (box_classes.min() < 1 or box_classes.max() >= num_classes):
-        raise ValueError(f"box classes must be in 1..{num_classes - 1}, got {box_classes.tolist()}")
+    if len(box_classes) and (box_classes.min() < 0 or box_classes.max() >= num_classes):
+        raise ValueError(f"box classes must be in 0..{num_classes - 1}, got {box_classes.tolist()}")
+    keep = box_classes > 0  # class 0: the phrase matched no class
     if allowed_classes is not None:
         allowed = torch.as_tensor(list(allowed_classes), dtype=torch.int64, device=device)
-        keep = torch.isin(box_classes, allowed)
-        mask_logits, box_classes, box_scores = (
-            mask_logits[keep],
-            box_classes[keep],
-            box_scores[keep],
+        keep &= torch.isin(box_classes, allowed)
+    return mask_logits[keep], box_classes[keep], box_scores[keep]
+
+
+def reference_semantic_map(
+    mask_logits: torch.Tensor,
+    box_classes: torch.Tensor,
+    box_scores: torch.Tensor,
+    num_classes: int,
+    output_size: tuple[int, int],
+    allowed_classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The label map as the published evaluation assembles it (``eval.compat: reference``).
+
+    Args:
+        mask_logits: (N, h, w) float mask logits in the *resized* frame (the image scaled
+            so its longest side is the model input side, padding cropped away).
+        box_classes: (N,) int class of each box in 0..num_classes-1; 0 means the detector's
+            phrase matched no class (the published code turns it into a background box).
+        box_scores: (N,) float detector confidence of each box.
+        num_classes: C + 1, background included.
+        output_size: (H, W) of the original image.
+        allowed_classes: label-guided mode: the image's ground-truth classes; None: open.
+
+    Returns:
+        (H, W) int64 label map in 0..C.
+
+    Differences from :func:`semantic_map`, in the published order of operations (the
+    published code indexes classes 1..C as 0..C-1 and background last, index C):
+
+    1. every box counts, whatever the image's labels: class score = max over the
+       class's boxes of ``logit x confidence``, 0 for classes without boxes; boxes of
+       class 0 fill the background channel the same way (and can beat a class);
+    2. the background channel is set to 1 where every channel is <= 0;
+    3. the whole stack is resized bilinearly from (h, w) to (H, W) (not each box);
+    4. label-guided: the channels of classes outside the labels are set to 0, *then*
+       argmax, first maximum on ties. A pixel claimed only by a non-label box has every
+       channel <= 0 and the zeroed ones exactly 0, so it goes to the first class in the
+       published order whose channel is 0 there (class 1, VOC's aeroplane, unless that
+       class has a box of its own there), not to background.
+    """
+    if mask_logits.ndim != 3:
+        raise ValueError(f"mask_logits must be (N, h, w), got shape {tuple(mask_logits.shape)}")
+    device = mask_logits.device
+    box_classes = torch.as_tensor(box_classes, device=device).long().reshape(-1)
+    box_scores = torch.as_tensor(box_scores, device=device).reshape(-1)
+    if not len(mask_logits) == len(box_classes) == len(box_scores):
+        raise ValueError(
+            f"{len(mask_logits)} masks but {len(box_classes)} box classes and "
+            f"{len(box_scores)} box scores"
         )
-    return mask_logits, box_classes, box_scores
+    if len(box_classes) and (box_classes.min() < 0 or box_classes.max() >= num_classes):
+        raise ValueError(f"box classes must be in 0..{num_classes - 1}, got {box_classes.tolist()}")
+    objects = num_classes - 1
+    channel_of_class = torch.where(box_classes > 0, box_classes - 1, objects)  # published order
+    stack = torch.zeros((num_classes, *mask_logits.shape[-2:]), device=device)
+    weighted = mask_logits.float() * box_scores.float()[:, None, None]
+    for channel in torch.unique(channel_of_class).tolist():
+        stack[channel] = weighted[channel_of_class == channel].amax(dim=0)
+    stack[objects][stack.amax(dim=0) <= 0] = 1.0
+    stack = F.interpolate(
+        stack[None], size=tuple(output_size), mode="bilinear", align_corners=False
+    )[0]
+    if allowed_classes is not None:
+        keep = torch.zeros(num_classes, dtype=torch.bool, device=device)
+        keep[objects] = True
+        for label in allowed_classes:
+            keep[int(label) - 1] = True
+        stack[~keep] = 0.0
+    index = stack.argmax(dim=0)  # first maximum on ties, as numpy's argmax
+    return torch.where(index == objects, torch.zeros_like(index), index + 1)

@@ -101,11 +101,24 @@ def overlay(
             draw.rectangle((float(x0), float(y0), float(x1), float(y1)), outline=colour, width=2)
             name = class_names[int(cls)] if class_names is not None else str(int(cls))
             caption = f"{name} {float(score):.2f}"
-            left, top, right, bottom = draw.textbbox((float(x0), float(y0)), caption)
-            draw.rectangle((left, top, right, bottom), fill=colour)
-            draw.text((float(x0), float(y0)), caption, fill=(255, 255, 255))
+            origin = _caption_origin(draw, caption, (float(x0), float(y0)), canvas.size)
+            draw.rectangle(draw.textbbox(origin, caption), fill=colour)
+            draw.text(origin, caption, fill=(255, 255, 255))
         result = np.array(canvas)
     return result
+
+
+def _caption_origin(
+    draw: ImageDraw.ImageDraw, caption: str, corner: tuple[float, float], size: tuple[int, int]
+) -> tuple[float, float]:
+    """Where a box caption starts: above the box's top-left corner when there is room,
+    else inside it, and shifted so that the whole caption stays inside the image."""
+    left, top, right, bottom = draw.textbbox((0, 0), caption)
+    width, height = size
+    x = min(max(corner[0], -left), max(width - right, -left))
+    y = corner[1] - bottom if corner[1] - bottom >= -top else corner[1]
+    y = min(max(y, -top), max(height - bottom, -top))
+    return x, y
 
 
 def confusion_matrix_figure(
@@ -155,11 +168,14 @@ def comparison_grid(
     column_titles: Sequence[str] = ("image", "before", "after", "ground truth"),
     row_titles: Sequence[str] | None = None,
     title: str | None = None,
+    legend: Sequence[str] | None = None,
 ) -> Path:
     """Save a grid figure, one row per image: image | label map | label map | ...
 
     Each row's first entry is an (H, W, 3) uint8 image; the others are (H, W) label
     maps drawn as overlays on that image, or None (an empty cell, e.g. no ground truth).
+    legend: class names, background first: a colour key of classes 1..C under the grid
+    (background is left untinted).
     """
     from matplotlib.figure import Figure
 
@@ -193,12 +209,33 @@ def comparison_grid(
             )
     if title:
         figure.suptitle(title)
-    return _save_figure(figure, path, dpi=100)
+    bottom = 0.0
+    if legend is not None:
+        from matplotlib.patches import Patch
+
+        palette = voc_palette()
+        handles = [
+            Patch(facecolor=palette[index] / 255.0, edgecolor="black", label=name)
+            for index, name in enumerate(legend)
+            if index != BACKGROUND
+        ]
+        handles.append(Patch(facecolor="none", edgecolor="black", label="background (untinted)"))
+        figure.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 3),
+            fontsize=8,
+            frameon=False,
+        )
+        bottom = (0.35 + 0.25 * ((len(handles) + 2) // 3)) / figure.get_figheight()
+    return _save_figure(figure, path, dpi=100, rect=(0.0, bottom, 1.0, 1.0))
 
 
-def _save_figure(figure: Any, path: str | Path, *, dpi: int) -> Path:
-    """Lay out and write a matplotlib figure as PNG, creating the folder."""
-    figure.tight_layout()
+def _save_figure(
+    figure: Any, path: str | Path, *, dpi: int, rect: tuple[float, ...] | None = None
+) -> Path:
+    """Lay out (inside ``rect``, figure fractions) and write a figure as PNG."""
+    figure.tight_layout(rect=rect)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)

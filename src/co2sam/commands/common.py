@@ -12,11 +12,25 @@ from co2sam.config import Co2SamConfig, ConfigError, load_config
 console = Console(stderr=True)
 
 ConfigOption = typer.Option(
-    None, "--config", "-c", help="Preset name (voc, coco, demo) or a YAML file."
+    None,
+    "--config",
+    "-c",
+    metavar="PRESET|FILE",
+    help="Preset name (voc, coco, demo) or a YAML file.",
 )
 SetOption = typer.Option(
-    None, "--set", "-s", help="Override a config field: --set optim.lr=2e-4 (repeatable)."
+    None,
+    "--set",
+    "-s",
+    metavar="KEY=VALUE",
+    help="Override a config field: --set optim.lr=2e-4 (repeatable).",
 )
+SAM_HELP = (
+    "SAM, SAM-HQ or SAM 2.1 weights: a hub id (facebook/sam-vit-base), a transformers "
+    "folder, Meta's .pth / .pt, demo (the small SAM shipped for `co2sam demo`) or tiny "
+    "(random weights)"
+)
+"""What ``--sam`` accepts (:func:`co2sam.sam.load_sam`)."""
 
 
 def resolve_config(

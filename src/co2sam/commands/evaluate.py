@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, resolve_config
+from co2sam.commands.common import SAM_HELP, ConfigOption, SetOption, console, resolve_config
 from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
 
 
@@ -19,7 +19,7 @@ def evaluate(
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     mode: str | None = typer.Option(None, help="label-guided, open or both (default eval.mode)."),
     sam: str | None = typer.Option(
-        None, help="SAM / SAM-HQ / SAM 2.1 weights (default: the adapter's base or model.sam)."
+        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
     ),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     boxes: str | None = typer.Option(
@@ -44,7 +44,10 @@ def evaluate(
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     voc_test_format: bool = typer.Option(
-        False, help="Also write results/VOC2012/Segmentation/comp6_test_cls/*.png (open mode)."
+        False,
+        show_default=False,
+        help="Also write open-mode PNGs in the VOC test server's layout "
+        "(comp6_test_cls under OUT/results).",
     ),
     skip_bad: bool = SkipBadOption,
     devices: int | None = DevicesOption,
@@ -102,6 +105,7 @@ def run_evaluation(
     process; None on the others)."""
     from co2sam.commands.inference import (
         box_source_record,
+        checkpoint_record,
         default_out_dir,
         identity_of,
         segment_split,
@@ -119,6 +123,7 @@ def run_evaluation(
     identity = identity_of("evaluate", cfg, split, sam, boxes)
     identity.update(
         modes=list(modes),
+        eval_compat=cfg.eval.compat,
         save_predictions=cfg.eval.save_predictions,
         overlays=cfg.eval.overlays,
         voc_test_format=voc_test_format,
@@ -152,6 +157,7 @@ def run_evaluation(
             if test_mode is not None:
                 test_writer(prediction)
 
+        checkpoint = checkpoint_record(cfg.model.adapter, split)
         if run.processes.is_main:
             console.print(
                 f"evaluating {split} ({len(dataset)} images"
@@ -160,15 +166,26 @@ def run_evaluation(
                 f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
                 f"boxes: {source.description}"
             )
+            if checkpoint is not None and checkpoint.get("checkpoint") in ("best", "last"):
+                console.print(
+                    f"checkpoint: {checkpoint['checkpoint']} (epoch {checkpoint['epoch']}, "
+                    f"step {checkpoint['step']})"
+                )
+            if checkpoint is not None and "note" in checkpoint:
+                console.print(f"[yellow]note:[/] {checkpoint['note']}")
         segment_split(run, cfg, modes=modes, on_prediction=on_prediction)
         if not run.processes.is_main:
             return None
         results, _, skipped = split_results(run, modes)
+        for metrics in results.values():
+            metrics["compat"] = cfg.eval.compat  # the label-map assembly that made them
         report = {
             "split": split,
             "modes": list(modes),
             "sam": run.base,
             "adapter": cfg.model.adapter,
+            "checkpoint": checkpoint,
+            "eval_compat": cfg.eval.compat,
             "box_source": box_source_record(source),
             "miou_convention": "miou: mean IoU over classes present in the ground truth (WSSS); "
             "miou_macro: torchmetrics MulticlassJaccardIndex macro (classes in GT or prediction)",
@@ -183,6 +200,8 @@ def run_evaluation(
                 console.print(f"[yellow]{split} has no ground-truth masks: no {mode} metrics[/]")
                 continue
             title = f"{split} — {mode} mode — boxes: {source.origin}"
+            if cfg.eval.compat == "reference":
+                title += " — published evaluation's assembly (eval.compat=reference)"
             console.print(metrics_table(metrics, dataset.class_names, title))
             confusion_matrix_figure(
                 metrics["confusion_matrix"],

@@ -55,7 +55,7 @@ def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[A
             base = sam or str(getattr(model, "co2sam_base", None) or _adapter_base(adapter))
         else:
             if not sam:
-                fail("no SAM given: pass --sam (a hub id, folder, .pth or 'tiny')")
+                fail("no SAM given: pass --sam (a hub id, folder, .pth, demo or tiny)")
             model = load_sam(sam)
             base = str(sam)
     except (OSError, ValueError) as error:
@@ -98,6 +98,41 @@ def load_split(config: Any, split: str, *, check_masks: bool = True) -> Any:
     except (DatasetError, OSError) as error:
         fail(str(error))
         raise
+
+
+def checkpoint_record(adapter: str | None, split: str) -> dict[str, Any] | None:
+    """Which training checkpoint an adapter is, and whether ``split`` chose it.
+
+    ``best/`` is the adapter with the highest label-guided mIoU on the training run's
+    ``data.val_split``: a number measured on that same split is optimistic (the choice
+    saw it), so reports say which checkpoint a number comes from.
+    """
+    if not adapter:
+        return None
+    from co2sam.models.adapter_io import AdapterError, read_adapter_metadata
+
+    try:
+        extra = read_adapter_metadata(adapter).get("extra", {})
+    except AdapterError:
+        return {"adapter": adapter, "checkpoint": "unknown"}
+    kind = extra.get("checkpoint") or Path(adapter).name
+    selected_on = (extra.get("selected_on") or {}).get("split")
+    record: dict[str, Any] = {
+        "adapter": adapter,
+        "checkpoint": kind,
+        "step": extra.get("step"),
+        "epoch": extra.get("epoch"),
+        "best_during_training": extra.get("best"),
+    }
+    if kind == "best":
+        record["selected_on"] = extra.get("selected_on")
+        record["selected_on_this_split"] = selected_on == split
+        if selected_on == split:
+            record["note"] = (
+                f"best/ was chosen by label-guided mIoU on {split!r}, the split evaluated "
+                "here: this number is optimistic; report last/ beside it"
+            )
+    return record
 
 
 def box_source_record(source: Any) -> dict[str, Any]:
@@ -269,6 +304,7 @@ def segment_split(
             progress=run.processes.is_main,
             on_prediction=recorder,
             num_workers=cfg.data.num_workers,
+            compat=cfg.eval.compat,
         )
     finally:
         run.folder.close()

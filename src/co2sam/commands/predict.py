@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.common import (
+    SAM_HELP,
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    resolve_config,
+)
 from co2sam.commands.guards import DevicesOption, NumNodesOption, launch, output_errors
 
 PREDICT_OUTPUTS = ("labels", "overlays", "details", "skipped.txt")
@@ -22,7 +29,7 @@ def predict(
         None, help='Comma-separated class names, e.g. "dog,sofa" (default: the config\'s dataset).'
     ),
     sam: str | None = typer.Option(
-        None, help="SAM / SAM-HQ / SAM 2.1 weights (default: the adapter's base or model.sam)."
+        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
     ),
     adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
     detector: str | None = typer.Option(

@@ -7,7 +7,14 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.common import (
+    SAM_HELP,
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    resolve_config,
+)
 from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
 
 PSEUDO_LABEL_OUTPUTS = ("SegmentationClass", "ImageSets", "report.json", "skipped.txt")
@@ -23,7 +30,7 @@ def pseudo_labels(
         "label-guided", help="label-guided (image labels filter classes; default) or open."
     ),
     sam: str | None = typer.Option(
-        None, help="SAM weights (default: the adapter's base or model.sam)."
+        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
     ),
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
     boxes: str | None = typer.Option(
@@ -108,7 +115,7 @@ def run_pseudo_labels(
     split = split or cfg.data.train_split
     out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split))
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
-    identity["mode"] = mode
+    identity.update(mode=mode, eval_compat=cfg.eval.compat)
     with output_errors(out_dir):
         run = start_split_run(
             cfg,
@@ -135,11 +142,13 @@ def run_pseudo_labels(
         results, written, skipped = split_results(run, (mode,))
         write_split_list(out_dir, split, written)
         metrics = {**results[mode], "label_folder": str(label_folder), "num_written": len(written)}
+        metrics["compat"] = cfg.eval.compat
         report = {
             "split": split,
             "mode": mode,
             "sam": run.base,
             "adapter": cfg.model.adapter,
+            "eval_compat": cfg.eval.compat,
             "box_source": box_source_record(source),
             "class_names": list(dataset.class_names),
             "metrics": metrics,

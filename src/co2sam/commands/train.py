@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.common import (
+    SAM_HELP,
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    resolve_config,
+)
 from co2sam.commands.guards import SkipBadOption, output_errors, print_preflight_problems
 
 BOX_SOURCES = ("cache", "detector", "oracle")
@@ -17,11 +24,7 @@ def train(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
-    sam: str | None = typer.Option(
-        None,
-        help="SAM, SAM-HQ or SAM 2.1 weights: hub id, local folder, Meta's .pth / .pt, or "
-        "'tiny' (model.sam).",
-    ),
+    sam: str | None = typer.Option(None, help=f"{SAM_HELP} (model.sam)."),
     boxes: str | None = typer.Option(
         None,
         help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
@@ -130,15 +133,40 @@ def train(
     ) as error:
         fail(str(error))
         return
-    best = result.best
     summary = f"step {result.step}, epoch {result.epoch}; run folder {result.run_dir}"
-    if best is not None:
-        open_miou = best["open_miou"]
-        summary += (
-            f"; best val mIoU {100 * best['miou']:.1f} (label-guided"
-            + (f", open {100 * open_miou:.1f}" if open_miou is not None else "")
-            + f") at epoch {best['epoch']} -> {result.best_adapter}"
-        )
     if result.skipped_images:
         summary += f"; {result.skipped_images} image(s) without boxes skipped"
     console.print(f"[green]trained[/] {summary}")
+    for line in checkpoint_lines(result, cfg.data.val_split):
+        console.print(line)
+
+
+def checkpoint_lines(result, val_split: str) -> list[str]:
+    """What ``last/`` and ``best/`` scored on the validation split, and how best was chosen."""
+    lines = []
+    last = result.history[-1] if result.history else None
+    if last is not None and last.get("step") == result.step and last.get("metrics"):
+        metrics = last["metrics"]
+        lines.append(
+            f"last/ (epoch {last['epoch']}): {val_split} mIoU "
+            + _modes(metrics["label-guided"]["miou"], metrics["open"]["miou"])
+            + f" -> {result.last_adapter}"
+        )
+    else:
+        lines.append(f"last/ (epoch {result.epoch}, not validated) -> {result.last_adapter}")
+    best = result.best
+    if best is not None:
+        lines.append(
+            f"best/ (epoch {best['epoch']}): {val_split} mIoU "
+            + _modes(best["miou"], best["open_miou"])
+            + f" -> {result.best_adapter}; chosen by label-guided mIoU on {val_split!r}, so "
+            "its number on that split is optimistic: report last/ beside it"
+        )
+    return lines
+
+
+def _modes(guided: float | None, opened: float | None) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    return f"label-guided {pct(guided)}, open {pct(opened)}"

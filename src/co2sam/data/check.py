@@ -5,10 +5,12 @@ Levels:
   missing / unreadable / colour (RGB) mask, mask values outside 0..C-1 and 255,
   image/mask size mismatch.
 - ``warning``: loads, but probably not what you meant: empty image-level label set
-  (the image has no object class; training gets no box prompt and skips it).
+  (the image has no object class; training gets no box prompt and skips it); an image
+  listed twice in a custom folder's labels file; class names differing only in case.
 - ``converted``: handled by the loaders, reported for information: grayscale, palette,
   RGBA (alpha dropped), CMYK and 16-bit images (converted to 8-bit RGB), EXIF
-  orientation (applied, so the pixels match the annotations).
+  orientation (applied, so the pixels match the annotations); a label matching a class
+  name only when case is ignored.
 """
 
 from __future__ import annotations
@@ -168,6 +170,18 @@ def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator
         )
 
 
+def scan_labels_file(dataset: SegmentationDataset) -> Iterator[Problem]:
+    """Problems of a custom folder's labels file (repeated images, case-only names)."""
+    labels_file = getattr(dataset, "labels_file", None)
+    if labels_file is None:
+        return
+    from co2sam.data.folder import labels_file_findings
+
+    name = _relative(labels_file, dataset.root)
+    for level, problem, handling in labels_file_findings(labels_file, dataset.class_names):
+        yield Problem(level, dataset.split, name, problem, handling)
+
+
 def scan_dataset(
     dataset: SegmentationDataset,
     *,
@@ -181,10 +195,13 @@ def scan_dataset(
 
     indices: scan these items instead (in this order). workers: threads reading files
     (image decoding releases the GIL); problems come back in item order either way.
+    A whole scan (no ``indices``, as ``check-data`` runs it) also checks a custom
+    folder's labels file (:func:`scan_labels_file`).
     """
-    if indices is None:
-        indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     problems: list[Problem] = []
+    if indices is None:
+        problems.extend(scan_labels_file(dataset))
+        indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     if workers <= 1:
         for index in indices:
             problems.extend(scan_item(dataset, index, fast=fast))

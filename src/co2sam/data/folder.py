@@ -13,7 +13,9 @@ Layout (``data.root``)::
                             image of the labels file belongs to any split
 
 Class names match exactly, else case-insensitively; an unknown name is an error
-naming the labels file, the line and the name.
+naming the labels file, the line and the name. A repeated image keeps its last row.
+``check-data`` reports repeated images, names matched only case-insensitively and
+class names that differ only in case (:func:`labels_file_findings`).
 """
 
 from __future__ import annotations
@@ -155,3 +157,82 @@ class FolderDataset(SegmentationDataset):
 
     def image_labels(self, index: int) -> list[int]:
         return list(self._labels[self.ids[index]])
+
+
+def labels_file_findings(path: Path, class_names: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """What ``check-data`` reports about a labels file: ``(level, problem, handling)``.
+
+    - ``warning``: an image listed twice (the loader keeps the last entry); two classes of
+      ``classes.txt`` whose names differ only in case (a label written in another case
+      is ambiguous);
+    - ``converted``: a label that matches a class only when case is ignored.
+    """
+    findings: list[tuple[str, str, str]] = []
+    by_lower: dict[str, list[str]] = {}
+    for name in class_names:
+        by_lower.setdefault(name.lower(), []).append(name)
+    for names in by_lower.values():
+        if len(names) > 1:
+            findings.append(
+                (
+                    "warning",
+                    f"classes.txt names {' and '.join(map(repr, names))} differ only in case",
+                    "labels in another case go to one of them; rename one class",
+                )
+            )
+    exact = set(class_names)
+    seen: dict[str, str] = {}
+    case_only: dict[str, str] = {}
+    for key, names, where in _label_rows(path):
+        if key in seen:
+            findings.append(
+                (
+                    "warning",
+                    f"image {key!r} listed again at {where} (first at {seen[key]})",
+                    "loaded with the labels of the last entry; keep one entry per image",
+                )
+            )
+        seen.setdefault(key, where)
+        for name in names:
+            if name not in exact and name.lower() in by_lower and name not in case_only:
+                case_only[name] = where
+                target = by_lower[name.lower()][0]
+                findings.append(
+                    (
+                        "converted",
+                        f"label {name!r} at {where} matches class {target!r} only ignoring case",
+                        f"loaded as {target!r}",
+                    )
+                )
+    return findings
+
+
+def _label_rows(path: Path) -> list[tuple[str, list[str], str]]:
+    """``(image key, label names, "line N")`` per entry of a labels file, duplicates kept."""
+    rows = []
+    if path.suffix == ".json":
+        text = path.read_text()
+        try:
+            pairs = json.loads(text, object_pairs_hook=lambda items: items)
+        except json.JSONDecodeError:
+            return []  # the loader reports it
+        if not isinstance(pairs, list):
+            return []
+        offset = 0
+        for key, names in pairs:
+            found = text.find(json.dumps(key), offset)
+            offset = max(found + 1, offset)
+            line = text[: max(found, 0)].count("\n") + 1
+            names = [names] if isinstance(names, str) else names
+            if isinstance(names, list):
+                rows.append((key, [str(n).strip() for n in names], f"line {line}"))
+        return rows
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or not row[0].strip():
+                continue
+            if number == 1 and row[0].strip().lower() in ("image", "file", "filename", "name"):
+                continue
+            names = [n.strip() for n in (row[1] if len(row) > 1 else "").split(";") if n.strip()]
+            rows.append((row[0].strip(), names, f"line {number}"))
+    return rows

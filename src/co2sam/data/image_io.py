@@ -45,10 +45,13 @@ _EXIF_ORIENTATION = 0x0112
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
         raise DatasetError(f"image not found: {path} (check data.root and the split list)")
+    image = None
     try:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        if image is not None:
+            image.close()  # a failed load() leaves the file open
         raise DatasetError(
             f"cannot read {path}: {error} (the file is truncated or not an image; "
             "re-download or remove it from the split list)"
@@ -126,6 +129,7 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     try:
         if image.format == "PNG":
             image.verify()  # must come first; the image is unusable afterwards
+            image.close()
             image = _open_header(path)
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if image.format == "JPEG":
@@ -138,6 +142,8 @@ def probe_image(path: str | Path) -> tuple[int, int]:
             f"cannot read {path}: {error} (the file is truncated or not an image; "
             "re-download or remove it from the split list)"
         ) from error
+    finally:
+        image.close()  # Pillow leaves the file open after verify() or a failed load()
     return (width, height) if orientation in _SWAPS_SIDES else (height, width)
 
 
@@ -161,10 +167,13 @@ def read_label_png(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask not found: {path}")
+    image = None
     try:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        if image is not None:
+            image.close()  # a failed load() leaves the file open
         raise DatasetError(f"cannot read mask {path}: {error} (re-create the file)") from error
     if image.mode in ("P", "L"):
         return np.array(image, dtype=np.uint8)

@@ -90,7 +90,7 @@ def load_demo_sam(path: str | Path | None = None) -> SamModel:
     if not demo_sam_available(folder):
         raise FileNotFoundError(
             f"demo SAM weights not found in {folder}; recreate them with "
-            "`python scripts/make_demo_sam.py` (about 3 minutes on 2 CPU cores)"
+            "`python scripts/make_demo_sam.py` (about 3 minutes of CPU time)"
         )
     return load_sam(str(folder)).float()
 

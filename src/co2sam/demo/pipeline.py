@@ -1,11 +1,15 @@
-"""``co2sam demo``: the whole method on generated data, on a CPU, in minutes.
+"""``co2sam demo``: the whole method on generated data, on a CPU, in about a minute.
 
 1. generate a *target* domain (image-level labels; masks only to score) and a small
-   *source* validation split (:mod:`co2sam.demo.data`);
+   *source* validation split (:mod:`co2sam.demo.data`), from scene seeds the
+   pretraining never used;
 2. load the demo SAM, pretrained with box -> mask supervision on the source domain
    (shipped weights, :mod:`co2sam.demo.model`);
-3. box prompts from a simulated detector (:mod:`co2sam.demo.detector`);
-4. Co2SAM training on the target training split with the real :func:`co2sam.train.fit`;
+3. box prompts from a simulated detector built on the ground-truth instance masks
+   (:mod:`co2sam.demo.detector`), in its ``default`` setting and, beside it, a
+   ``harder`` one;
+4. Co2SAM training on the target training split with the real :func:`co2sam.train.fit`,
+   once per detector setting;
 5. evaluate before (plain SAM) and after, label-guided and open
    (:func:`co2sam.evaluate.evaluate_model`), optionally with ablations, and write the
    report (:mod:`co2sam.demo.report`).
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +26,14 @@ from typing import Any
 import torch
 
 from co2sam.config import Co2SamConfig, load_config
-from co2sam.demo.data import make_domain, source_spec, target_spec
-from co2sam.demo.detector import BoxTable, DetectorSettings, simulated_boxes
+from co2sam.demo.data import make_domain, source_val_spec, target_spec
+from co2sam.demo.detector import (
+    BoxTable,
+    box_quality,
+    detector_settings,
+    simulated_boxes,
+    supervision_record,
+)
 from co2sam.demo.model import demo_sam_path, load_demo_sam
 
 ABLATIONS: dict[str, list[str]] = {
@@ -39,19 +50,31 @@ class DemoSettings:
 
     quick: bool = False
     seed: int = 0
-    """Seed of the generated scenes and of the simulated detector."""
+    """Seed of the generated scenes (see :func:`co2sam.demo.data.scene_seed`) and of the
+    simulated detector."""
     target_train: int = 160
     target_val: int = 64
     source_val: int = 48
     epochs: int = 3
     ablation: bool = False
-    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    detectors: tuple[str, ...] = ("default", "harder")
+    """Simulated-detector settings to run, each a full before/after (the first is the
+    main result; ablations use it)."""
     overlays: int = 4
     """Target validation images drawn in the overlays and the before/after figure."""
 
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            raise ValueError("the demo needs at least one detector setting")
+        for name in self.detectors:
+            detector_settings(name, self.seed)  # unknown names fail here
 
-def demo_settings(*, quick: bool = False, seed: int = 0, ablation: bool = False) -> DemoSettings:
-    """Full demo (about 2-4 minutes on 2 CPU cores) or ``quick`` (under a minute)."""
+
+def demo_settings(
+    *, quick: bool = False, seed: int = 0, ablation: bool = False, harder_boxes: bool = True
+) -> DemoSettings:
+    """Full demo or ``quick`` (smaller data, fewer epochs); ``harder_boxes`` adds that run."""
+    detectors = ("default", "harder") if harder_boxes else ("default",)
     if quick:
         return DemoSettings(
             quick=True,
@@ -61,9 +84,9 @@ def demo_settings(*, quick: bool = False, seed: int = 0, ablation: bool = False)
             source_val=16,
             epochs=2,
             ablation=ablation,
-            detector=DetectorSettings(seed=seed),
+            detectors=detectors,
         )
-    return DemoSettings(seed=seed, ablation=ablation, detector=DetectorSettings(seed=seed))
+    return DemoSettings(seed=seed, ablation=ablation, detectors=detectors)
 
 
 def demo_config(
@@ -84,7 +107,7 @@ def demo_config(
 
 @dataclass
 class DemoData:
-    """The datasets of a demo run and their simulated-detector boxes."""
+    """The datasets of a demo run and one simulated detector's boxes on each."""
 
     source_val: Any
     target_train: Any
@@ -92,34 +115,50 @@ class DemoData:
     source_val_boxes: BoxTable
     target_train_boxes: BoxTable
     target_val_boxes: BoxTable
+    detector: str = "default"
+    specs: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_data(out_dir: str | Path, settings: DemoSettings) -> DemoData:
+def prepare_data(
+    out_dir: str | Path, settings: DemoSettings, detector: str = "default"
+) -> DemoData:
     """Generate the source validation split and the target domain, and their boxes."""
     from co2sam.data.voc import VocDataset
 
     data_dir = Path(out_dir) / "data"
-    source_root = make_domain(
-        data_dir / "source",
-        source_spec(num_train=0, num_val=settings.source_val, seed=1000 + settings.seed),
+    source = source_val_spec(num_val=settings.source_val, seed=settings.seed)
+    target = target_spec(
+        num_train=settings.target_train, num_val=settings.target_val, seed=settings.seed
     )
-    target_root = make_domain(
-        data_dir / "target",
-        target_spec(
-            num_train=settings.target_train, num_val=settings.target_val, seed=settings.seed
-        ),
-    )
+    source_root = make_domain(data_dir / "source", source)
+    target_root = make_domain(data_dir / "target", target)
     source_val = VocDataset(source_root, "val")
     target_train = VocDataset(target_root, "train")
     target_val = VocDataset(target_root, "val")
-    detector = settings.detector
-    return DemoData(
+    data = DemoData(
         source_val=source_val,
         target_train=target_train,
         target_val=target_val,
-        source_val_boxes=simulated_boxes(source_val, detector, all_classes=True),
-        target_train_boxes=simulated_boxes(target_train, detector, all_classes=False),
-        target_val_boxes=simulated_boxes(target_val, detector, all_classes=True),
+        source_val_boxes=BoxTable({}),
+        target_train_boxes=BoxTable({}),
+        target_val_boxes=BoxTable({}),
+        specs={"source_val": source.to_dict(), "target": target.to_dict()},
+    )
+    return with_detector(data, detector, settings.seed)
+
+
+def with_detector(data: DemoData, detector: str, seed: int) -> DemoData:
+    """The same datasets with the boxes of the named simulated-detector setting."""
+    settings = detector_settings(detector, seed)
+    return DemoData(
+        source_val=data.source_val,
+        target_train=data.target_train,
+        target_val=data.target_val,
+        source_val_boxes=simulated_boxes(data.source_val, settings, all_classes=True),
+        target_train_boxes=simulated_boxes(data.target_train, settings, all_classes=False),
+        target_val_boxes=simulated_boxes(data.target_val, settings, all_classes=True),
+        detector=detector,
+        specs=data.specs,
     )
 
 
@@ -169,12 +208,25 @@ def adapt(
     )
 
 
+def machine_record() -> dict[str, Any]:
+    """Threads, CPUs and load average: what a demo time depends on."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpus": cpus,
+        "load_average_1_5_15_min": [round(value, 2) for value in load],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
 def run_demo(
     out_dir: str | Path = "co2sam-demo",
     *,
     quick: bool = False,
     ablation: bool = False,
     seed: int = 0,
+    harder_boxes: bool = True,
     overrides: list[str] | None = None,
     sam_path: str | Path | None = None,
     console: Any = None,
@@ -183,6 +235,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` and return the report (also written as report.json).
 
+    harder_boxes: also adapt with the ``harder`` simulated detector, reported beside
+        the default one.
     overrides: ``section.field=value`` config overrides (as ``--set``).
     sam_path: demo SAM folder (default: the shipped ``co2sam/assets/demo_sam``).
     """
@@ -206,8 +260,9 @@ def run_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
+    machine_at_start = machine_record()
     timings: dict[str, float] = {}
-    settings = demo_settings(quick=quick, seed=seed, ablation=ablation)
+    settings = demo_settings(quick=quick, seed=seed, ablation=ablation, harder_boxes=harder_boxes)
     config = demo_config(settings, out_dir, overrides)
     config.save(out_dir / "config.yaml")
 
@@ -215,30 +270,60 @@ def run_demo(
         console.print(f"[bold cyan]demo[/] [{time.perf_counter() - started:5.1f} s] {message}")
 
     step("generating the source and target domains (shapes with co-occurring classes)")
-    data = prepare_data(out_dir, settings)
+    data = prepare_data(out_dir, settings, settings.detectors[0])
     timings["data"] = time.perf_counter() - started
     step(
-        f"target: {len(data.target_train)} training images (image-level labels only), "
-        f"{len(data.target_val)} validation images; simulated detector: "
-        f"{data.target_train_boxes.count()} training boxes"
+        f"target: {len(data.target_train)} training images (image-level labels), "
+        f"{len(data.target_val)} validation images; boxes: a simulated detector built on "
+        "the ground-truth instance masks"
     )
-
-    step(f"evaluating the pretrained demo SAM ({sam_path or demo_sam_path()}) before adaptation")
     plain = Segmenter(load_demo_sam(sam_path))
-    before, before_maps = evaluate_both(plain, data, config, keep=settings.overlays)
-    step(reporting.one_line("before", before))
-
-    step(f"Co2SAM training on the target domain ({config.train.epochs} epochs, LoRA only)")
-    tick = time.perf_counter()
-    result = adapt(config, data, sam_path=sam_path, progress=progress)
-    timings["train"] = time.perf_counter() - tick
-    after, after_maps = evaluate_both(result.segmenter, data, config, keep=settings.overlays)
-    step(reporting.one_line("after", after))
+    runs: dict[str, dict[str, Any]] = {}
+    figures_maps: tuple[Any, Any] | None = None
+    for detector in settings.detectors:
+        run_data = data if detector == data.detector else with_detector(data, detector, seed)
+        run_config = config
+        if detector != settings.detectors[0]:
+            run_config = demo_config(
+                settings,
+                out_dir,
+                list(overrides or [])
+                + [f"train.out_dir={out_dir / f'{detector}-boxes' / 'train'}"],
+            )
+        quality = {
+            "target_train": box_quality(run_data.target_train, run_data.target_train_boxes),
+            "target_val": box_quality(run_data.target_val, run_data.target_val_boxes),
+        }
+        step(
+            f"{detector} boxes: {run_data.target_train_boxes.count()} training boxes, "
+            f"recall@0.5 {quality['target_train']['recall']:.2f}, mean best IoU "
+            f"{quality['target_train']['mean_best_iou']:.2f}, "
+            f"{quality['target_train']['false_per_image']:.2f} false boxes per image"
+        )
+        keep = settings.overlays if figures_maps is None else 0
+        before, before_maps = evaluate_both(plain, run_data, run_config, keep=keep)
+        step(reporting.one_line(f"before ({detector} boxes)", before))
+        step(f"Co2SAM training ({detector} boxes, {run_config.train.epochs} epochs, LoRA only)")
+        tick = time.perf_counter()
+        result = adapt(run_config, run_data, sam_path=sam_path, progress=progress)
+        timings[f"train_{detector}"] = time.perf_counter() - tick
+        after, after_maps = evaluate_both(result.segmenter, run_data, run_config, keep=keep)
+        step(reporting.one_line(f"after ({detector} boxes)", after))
+        if figures_maps is None:
+            figures_maps = (before_maps, after_maps)
+        runs[detector] = {
+            "supervision": supervision_record(detector_settings(detector, seed)),
+            "box_quality": quality,
+            "before": before,
+            "after": after,
+            "adapter": str(result.last_adapter),
+        }
 
     ablations: dict[str, Any] = {}
     if ablation:
+        main = settings.detectors[0]
         for name, extra in ABLATIONS.items():
-            step(f"ablation: {name}")
+            step(f"ablation ({main} boxes): {name}")
             variant_dir = out_dir / "ablations" / name.replace(" ", "-")
             variant = demo_config(
                 settings, out_dir, list(overrides or []) + extra + [f"train.out_dir={variant_dir}"]
@@ -252,15 +337,15 @@ def run_demo(
         settings=asdict(settings),
         config=config.to_dict(),
         class_names=list(data.target_val.class_names),
-        before=before,
-        after=after,
+        domains=data.specs,
+        runs=runs,
         ablations=ablations,
-        adapter=str(result.last_adapter),
         timings={key: round(value, 1) for key, value in timings.items()},
+        machine={"at_start": machine_at_start, "at_end": machine_record()},
     )
-    if figures:
+    if figures and figures_maps is not None:
         report["files"] = reporting.write_figures(
-            out_dir, data, before_maps, after_maps, list(data.target_val.class_names)
+            out_dir, data, *figures_maps, list(data.target_val.class_names)
         )
     write_report(out_dir / "report.json", report)
     console.print(reporting.results_table(report))

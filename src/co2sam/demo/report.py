@@ -1,13 +1,21 @@
-"""The demo's report: report.json, the printed table, overlays and the before/after figure."""
+"""The demo's report: report.json, the printed tables, overlays and the before/after figure.
+
+The results table is built from :func:`table_rows`, one :class:`TableRow` per model and
+box setting, in sections; to show another model (e.g. a distilled segmenter), add its
+results to the report and append a row there.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MODES = ("label-guided", "open")
+OVERLAY_SCALE = 3
+"""Demo images are 128 px: overlays are drawn at 3x so that box captions stay legible."""
 
 
 def summarize(results: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
@@ -25,41 +33,68 @@ def summarize(results: dict[str, Any], class_names: list[str]) -> dict[str, Any]
     return summary
 
 
+def _gain(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
+    return {
+        mode: _difference(after["target"][mode]["miou"], before["target"][mode]["miou"])
+        for mode in MODES
+    }
+
+
 def build_report(
     *,
     settings: dict[str, Any],
     config: dict[str, Any],
     class_names: list[str],
-    before: dict[str, Any],
-    after: dict[str, Any],
+    domains: dict[str, Any],
+    runs: dict[str, dict[str, Any]],
     ablations: dict[str, Any],
-    adapter: str,
     timings: dict[str, float],
+    machine: dict[str, Any],
 ) -> dict[str, Any]:
-    """The JSON report: ``before`` / ``after`` (and ``ablations``) per domain and mode."""
-    before_summary = summarize(before, class_names)
-    after_summary = summarize(after, class_names)
-    gain = {
-        mode: _difference(
-            after_summary["target"][mode]["miou"], before_summary["target"][mode]["miou"]
-        )
-        for mode in MODES
-    }
+    """The JSON report.
+
+    runs: per simulated-detector setting (the first is the main one), ``supervision``,
+    ``box_quality``, ``before`` / ``after`` metrics per domain and mode, ``adapter``.
+    The main run is also reported at the top level (``before``, ``after``,
+    ``target_miou_gain``, ``supervision``); every run is under ``detectors``.
+    """
+    detectors = {}
+    for name, run in runs.items():
+        before, after = summarize(run["before"], class_names), summarize(run["after"], class_names)
+        detectors[name] = {
+            "supervision": run["supervision"],
+            "box_quality": run["box_quality"],
+            "before": before,
+            "after": after,
+            "target_miou_gain": _gain(before, after),
+            "adapter": run["adapter"],
+        }
+    main = next(iter(detectors))
     return {
         "description": (
             "co2sam demo: a small SAM pretrained on a clean source domain, adapted with "
-            "Co2SAM (LoRA, image-level labels, simulated-detector boxes) to a shifted "
-            "target domain. mIoU over the classes present in the ground truth."
+            "Co2SAM (LoRA) to a shifted target domain from image-level labels and box "
+            "prompts of a simulated detector built on the ground-truth instance masks. "
+            "mIoU over the classes present in the ground truth."
         ),
+        "supervision": detectors[main]["supervision"],
         "settings": settings,
         "config": config,
+        "domains": domains,
         "class_names": class_names,
-        "before": before_summary,
-        "after": after_summary,
-        "target_miou_gain": gain,
+        "main_detector": main,
+        "before": detectors[main]["before"],
+        "after": detectors[main]["after"],
+        "target_miou_gain": detectors[main]["target_miou_gain"],
+        "detectors": detectors,
         "ablations": {name: summarize(value, class_names) for name, value in ablations.items()},
-        "adapter": adapter,
+        "adapter": detectors[main]["adapter"],
+        "checkpoint": (
+            "last: the adapter after the final step (train.val_every = 0: no validation, "
+            "so no checkpoint was selected on any split)"
+        ),
         "timings_s": timings,
+        "machine": machine,
     }
 
 
@@ -81,34 +116,65 @@ def one_line(name: str, results: dict[str, Any]) -> str:
     )
 
 
-def _rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [("plain SAM (before)", report["before"]), ("Co2SAM (after)", report["after"])]
-    return rows + [(f"Co2SAM {name}", value) for name, value in report["ablations"].items()]
+@dataclass
+class TableRow:
+    """One row of the results table: a model's summary and what its gain is measured from."""
+
+    model: str
+    boxes: str
+    summary: dict[str, Any]
+    baseline: dict[str, Any] | None = None
+    """The summary the target gain is computed against (None: no gain shown)."""
+
+
+def table_rows(report: dict[str, Any]) -> list[list[TableRow]]:
+    """The results table's rows, in sections: one section per detector setting, then
+    the ablations (trained with the main detector's boxes)."""
+    sections = []
+    for name, run in report["detectors"].items():
+        sections.append(
+            [
+                TableRow("plain SAM (before)", name, run["before"]),
+                TableRow("Co2SAM (after)", name, run["after"], run["before"]),
+            ]
+        )
+    main = report["main_detector"]
+    baseline = report["detectors"][main]["before"]
+    ablations = [
+        TableRow(f"Co2SAM {name}", main, value, baseline)
+        for name, value in report["ablations"].items()
+    ]
+    return sections + ([ablations] if ablations else [])
 
 
 def results_table(report: dict[str, Any]) -> Any:
-    """Rich table: one row per model; target mIoU (both modes), source mIoU, gain."""
+    """Rich table: one row per model and box setting; target mIoU (both modes), source
+    mIoU, gain over plain SAM with the same boxes."""
     from rich.table import Table
 
     table = Table(title="co2sam demo: mIoU (%)", title_justify="left")
     table.add_column("model")
+    table.add_column("boxes", no_wrap=True)
     table.add_column("target\nlabel-guided", justify="right")
     table.add_column("target\nopen", justify="right")
     table.add_column("source\nlabel-guided", justify="right")
-    before = report["before"]["target"]["label-guided"]["miou"]
     table.add_column("gain on target\nlabel-guided", justify="right")
-    for index, (name, summary) in enumerate(_rows(report)):
-        if index == 2:
+    for index, section in enumerate(table_rows(report)):
+        if index:
             table.add_section()
-        guided = summary["target"]["label-guided"]["miou"]
-        gain = _difference(guided, before)
-        table.add_row(
-            name,
-            _pct(guided),
-            _pct(summary["target"]["open"]["miou"]),
-            _pct(summary["source"]["label-guided"]["miou"]),
-            "" if index == 0 or gain is None else f"{100 * gain:+.1f}",
-        )
+        for row in section:
+            guided = row.summary["target"]["label-guided"]["miou"]
+            gain = None
+            if row.baseline is not None:
+                gain = _difference(guided, row.baseline["target"]["label-guided"]["miou"])
+            table.add_row(
+                row.model,
+                row.boxes,
+                _pct(guided),
+                _pct(row.summary["target"]["open"]["miou"]),
+                _pct(row.summary["source"]["label-guided"]["miou"]),
+                "" if gain is None else f"{100 * gain:+.1f}",
+            )
     return table
 
 
@@ -117,13 +183,17 @@ def class_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
     names = report["class_names"]
+    rows = [row for section in table_rows(report) for row in section]
     table = Table(title="target per-class IoU (%), label-guided", title_justify="left")
-    table.add_column("model")
-    for name in names:
-        table.add_column(name.replace(" ", "\n"), justify="right")
-    for name, summary in _rows(report):
-        per_class = summary["target"]["label-guided"]["iou_per_class"]
-        table.add_row(name, *(_pct(per_class.get(c)) for c in names))
+    labels = [f"{row.model}, {row.boxes} boxes" for row in rows]
+    table.add_column(
+        "model", min_width=max(len(word) for label in labels for word in label.split())
+    )
+    for name in names:  # no_wrap: the model column wraps instead of names being cut
+        table.add_column(name.replace(" ", "\n"), justify="right", no_wrap=True)
+    for label, row in zip(labels, rows, strict=True):
+        per_class = row.summary["target"]["label-guided"]["iou_per_class"]
+        table.add_row(label, *(_pct(per_class.get(c)) for c in names))
     return table
 
 
@@ -146,9 +216,14 @@ def write_figures(
         for stage, maps in (("before", before_maps), ("after", after_maps)):
             for mode in MODES:
                 label_map, boxes = maps[(image_id, mode)]
-                picture = overlay(sample.image, label_map, boxes=boxes, class_names=class_names)
+                picture = overlay(
+                    _enlarge(sample.image),
+                    _enlarge(label_map),
+                    boxes=_scaled(boxes, OVERLAY_SCALE),
+                    class_names=class_names,
+                )
                 path = images_dir / f"{image_id}_{stage}_{mode}.png"
-                overlays.append(str(save_image(path, _enlarge(picture))))
+                overlays.append(str(save_image(path, picture)))
         rows.append(
             [
                 sample.image,
@@ -164,10 +239,17 @@ def write_figures(
         column_titles=("target image", "before (plain SAM)", "after (Co2SAM)", "ground truth"),
         row_titles=titles,
         title="label-guided predictions on the target domain",
+        legend=class_names,
     )
     return {"overlays": overlays, "before_after": str(figure)}
 
 
-def _enlarge(image: np.ndarray, factor: int = 3) -> np.ndarray:
-    """Nearest-neighbour upscaling so that small demo images stay legible."""
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+def _enlarge(image: np.ndarray, factor: int = OVERLAY_SCALE) -> np.ndarray:
+    """Nearest-neighbour upscaling of an image or label map (first two axes)."""
+    return np.repeat(np.repeat(np.asarray(image), factor, axis=0), factor, axis=1)
+
+
+def _scaled(boxes: Any, factor: int) -> Any:
+    from co2sam.records import Boxes
+
+    return Boxes(boxes.xyxy * factor, boxes.classes, boxes.scores)

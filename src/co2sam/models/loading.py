@@ -17,7 +17,7 @@ from co2sam.models.official import (
     read_official_checkpoint,
 )
 from co2sam.models.official_sam2 import is_sam2_state, load_sam2_state
-from co2sam.models.variants import build_sam
+from co2sam.models.variants import build_sam, is_meta_variant, use_meta_layer_norm_eps
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt")
@@ -38,6 +38,10 @@ def load_sam(source: str) -> PreTrainedModel:
     - a Hugging Face hub id (``facebook/sam-vit-base``,
       ``syscv-community/sam-hq-vit-base``, ``facebook/sam2.1-hiera-base-plus``),
       resolved only here.
+
+    SAM ViT-B/L/H weights are Meta's, so their mask decoder gets Meta's LayerNorm eps
+    (1e-5) whatever a folder's or the hub's ``config.json`` says (transformers' default is
+    1e-6).
     """
     source = str(source)
     if source == "demo":
@@ -60,9 +64,9 @@ def load_sam(source: str) -> PreTrainedModel:
             )
         model_type = json.loads(config_path.read_text()).get("model_type", "?")
         family = family_of_model_type(model_type, str(config_path))
-        return freeze(family.model_class.from_pretrained(path))
+        return freeze(_meta_eps(family.model_class.from_pretrained(path)))
     if _HUB_ID.fullmatch(source) and not source.startswith("."):
-        return freeze(_from_hub(source))
+        return freeze(_meta_eps(_from_hub(source)))
     raise FileNotFoundError(
         f"SAM weights not found: {source!r} is not a file, a folder, a hub id "
         f"(owner/name) or a registered architecture ({', '.join(all_variants())})."
@@ -75,6 +79,15 @@ def _load_checkpoint(path: Path) -> PreTrainedModel:
     if is_sam2_state(state):
         return load_sam2_state(state, path)
     return load_official_state_dict(build_sam(detect_variant(state, path)), state, path)
+
+
+def _meta_eps(model: PreTrainedModel) -> PreTrainedModel:
+    """Meta's mask-decoder LayerNorm eps for SAM ViT-B/L/H weights (other models as given)."""
+    from transformers import SamModel
+
+    if type(model) is SamModel and is_meta_variant(model.config):
+        return use_meta_layer_norm_eps(model)
+    return model
 
 
 def _from_hub(source: str) -> PreTrainedModel:

@@ -16,6 +16,12 @@ from transformers import SamConfig, SamModel
 
 PATCH_SIZE = 16
 """Every SAM variant embeds 16x16 patches: embeddings are (S/16) x (S/16)."""
+META_DECODER_LAYER_NORM_EPS = 1e-5
+"""eps of the LayerNorms in the mask decoder's two-way transformer in Meta's SAM
+(``torch.nn.LayerNorm``'s default); transformers' ``SamMaskDecoderConfig`` defaults to
+1e-6, which moves mask logits by ~1e-4 relative."""
+META_VARIANTS = ("vit_b", "vit_l", "vit_h")
+"""Variants whose weights are Meta's (official ``.pth`` files and their hub conversions)."""
 
 
 def _sam_config(
@@ -58,6 +64,7 @@ def _sam_config(
             "num_hidden_layers": 2,
             "num_attention_heads": 8,
             "iou_head_hidden_dim": iou_head_hidden_dim,
+            "layer_norm_eps": META_DECODER_LAYER_NORM_EPS,
         },
     )
 
@@ -188,3 +195,23 @@ def variant_name(config: SamConfig) -> str | None:
         if fingerprint(builder()) == target:
             return name
     return None
+
+
+def use_meta_layer_norm_eps(model: SamModel) -> SamModel:
+    """Set the mask decoder's two-way-transformer LayerNorm eps to Meta's 1e-5, in place.
+
+    For weights that are Meta's (e.g. a hub conversion whose config may carry
+    transformers' default 1e-6): changes the config and every LayerNorm of
+    ``model.mask_decoder.transformer``; the upscaling LayerNorm keeps 1e-6, as in Meta's
+    code. Returns ``model``.
+    """
+    model.config.mask_decoder_config.layer_norm_eps = META_DECODER_LAYER_NORM_EPS
+    for module in model.mask_decoder.transformer.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = META_DECODER_LAYER_NORM_EPS
+    return model
+
+
+def is_meta_variant(config: SamConfig) -> bool:
+    """True for the ViT-B/L/H architectures, whose weights are Meta's."""
+    return variant_name(config) in META_VARIANTS

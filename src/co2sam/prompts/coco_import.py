@@ -5,8 +5,10 @@ A COCO-results file is a JSON list of ``{"image_id", "category_id", "bbox": [x, 
 
 Image ids: a string is a file stem (``"2007_000032"``; an extension is dropped). An int
 is matched through ``images`` (a COCO-style ``{"images": [{"id", "file_name"}]}`` file,
-e.g. the instances JSON the detector ran on) when given, else to the dataset id whose
-trailing digits equal it (``COCO_val2014_000000000042`` <-> 42).
+e.g. the instances JSON the detector ran on) when given, else to the dataset id that is
+that whole number: all digits (``"42"``, ``"000000000042"``) or a COCO file stem
+(``COCO_val2014_000000000042``). Other ids never match an int: 9 is not
+``2008_000009``.
 
 Category ids (``category_ids``): ``coco`` reads the sparse COCO ids 1..90
 (:data:`co2sam.classes.COCO_CATEGORY_IDS`, class ``i`` is ``COCO_CATEGORY_IDS[i - 1]``);
@@ -128,6 +130,10 @@ def _category_map(mode: str, class_names: Sequence[str]) -> dict[int, int]:
     raise ValueError(f"category ids must be auto, coco or contiguous, got {mode!r}")
 
 
+_WHOLE_NUMBER = re.compile(r"(?:COCO_[A-Za-z]+\d*_)?(\d+)")
+"""A dataset id that *is* an integer image id: digits, or a COCO file stem."""
+
+
 def _image_id_resolver(image_ids: Sequence[str], images: str | Path | None):
     known = set(image_ids)
     by_number: dict[int, str] = {}
@@ -137,9 +143,9 @@ def _image_id_resolver(image_ids: Sequence[str], images: str | Path | None):
         by_number = {int(entry["id"]): Path(entry["file_name"]).stem for entry in entries}
     else:
         for image_id in image_ids:
-            digits = re.search(r"(\d+)$", image_id)
-            if digits:
-                by_number.setdefault(int(digits.group(1)), image_id)
+            whole = _WHOLE_NUMBER.fullmatch(image_id)
+            if whole:
+                by_number.setdefault(int(whole.group(1)), image_id)
 
     def resolve(raw: Any) -> str | None:
         if isinstance(raw, str) and not raw.isdigit():

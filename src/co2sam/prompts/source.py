@@ -101,6 +101,12 @@ def box_source(config: Co2SamConfig, split: str, dataset: Any) -> BoxSource:
     """
     prompts = config.prompts
     class_names = tuple(dataset.class_names)
+    if prompts.source == "simulated":
+        raise ValueError(
+            "prompts.source=simulated is the demo's simulated detector (boxes built from "
+            "ground-truth instance masks), which only `co2sam demo` provides; use a box cache "
+            "(`co2sam boxes`), prompts.source=detector, or prompts.source=oracle"
+        )
     if prompts.source == "oracle":
 
         def fetch_oracle(sample: Sample) -> Boxes:

@@ -490,7 +490,7 @@ def _loader(config, dataset, boxes_fn, fabric):
     train = config.train
     views = TrainViews(train.seed, strong=config.loss.strong_view)
     training_set = TrainingSet(
-        dataset, boxes_fn, views, seed=train.seed, flip_boxes=config.loss.compat != "reference"
+        dataset, boxes_fn, views, seed=train.seed, flip_boxes=config.prompts.compat != "reference"
     )
     sampler = EpochSampler(
         training_set, num_replicas=fabric.world_size, rank=fabric.global_rank, seed=train.seed

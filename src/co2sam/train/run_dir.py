@@ -143,6 +143,8 @@ def save_adapter_folder(segmenter, folder: Path, config, state, best) -> None:
     for path in (temp, old):
         shutil.rmtree(path, ignore_errors=True)
     extra = {
+        "checkpoint": folder.name,  # best: chosen on data.val_split; last: the final weights
+        "selected_on": {"split": config.data.val_split, "metric": "label-guided mIoU"},
         "step": state["step"],
         "epoch": state["epoch"],
         "best": best,

@@ -36,6 +36,7 @@ def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
             device=fabric.device,
             progress=False,
             reduce_across_processes=processes.distributed,
+            compat=config.eval.compat,
         )
     guided = record["metrics"].get("label-guided", {}).get("miou")
     opened = record["metrics"].get("open", {}).get("miou")
