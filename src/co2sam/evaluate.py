@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from co2sam.metrics import ConfusionMatrix
-from co2sam.predict import box_mask_logits, label_map_of
+from co2sam.predict import autocast_context, box_mask_logits, label_map_of
 from co2sam.records import Boxes, Sample
 
 MODES = ("label-guided", "open")
@@ -160,15 +160,6 @@ def evaluate_model(
         }
         for mode, confusion in confusions.items()
     }
-
-
-def autocast_context(
-    device: torch.device, enabled: bool = True
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled, otherwise nothing (CPU runs in float32)."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ share a stem in one run (``a.jpg`` and ``a.png``) keep their whole file name
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,15 @@ def box_mask_logits(
             outputs, prepared.resized_sizes, prepared.original_sizes, strict=True
         )
     ]
+
+
+def autocast_context(
+    device: torch.device, enabled: bool = True
+) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled, otherwise nothing (CPU runs in float32)."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def label_map_of(
@@ -230,7 +240,7 @@ def predict_images(
     boxes with class names and scores) under ``out_dir``.
     """
     from co2sam.data.image_io import DatasetError, read_image
-    from co2sam.evaluate import autocast_context, progress_bar
+    from co2sam.progress import progress_bar
     from co2sam.visualize import overlay, save_image, save_label_png
 
     names = names or output_names(image_paths)
@@ -247,7 +257,7 @@ def predict_images(
     was_training = segmenter.training
     segmenter.eval()
     try:
-        with progress_bar(progress) as bar:
+        with progress_bar(enabled=progress, transient=True) as bar:
             task = bar.add_task("predict", total=len(image_paths))
             for image_path in image_paths:
                 bar.advance(task)
