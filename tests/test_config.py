@@ -75,3 +75,19 @@ def test_saved_config_round_trips(tmp_path: Path):
     path = config.save(tmp_path / "run" / "config.yaml")
     assert load_config(path) == config
     assert yaml.safe_load(path.read_text())["train"]["max_steps"] == 7
+
+
+@pytest.mark.parametrize("preset", ["voc", "coco"])
+def test_reference_presets_are_their_dataset_preset_with_all_three_switches(preset):
+    paper, reference = load_config(preset).to_dict(), load_config(f"{preset}-reference").to_dict()
+    for section in ("loss", "prompts", "eval"):
+        assert reference[section].pop("compat") == "reference"
+        paper[section].pop("compat")
+    assert reference["train"].pop("out_dir") == f"runs/{preset}-reference"
+    paper["train"].pop("out_dir")
+    assert reference == paper
+
+
+def test_reference_detection_takes_no_synonyms():
+    with pytest.raises(ConfigError, match="synonyms"):
+        load_config("voc-reference", ["prompts.synonyms=[tvmonitor=tv]"])

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_prompts_text_queries import word_tokenizer
 from transformers import (
     BertConfig,
@@ -11,6 +12,7 @@ from transformers import (
 
 from co2sam.classes import VOC_CLASSES, prompt_name
 from co2sam.prompts.grounding_dino import GroundingDinoPrompter, preprocess_images, resized_size
+from co2sam.records import Boxes
 
 NUM_QUERIES = 12
 
@@ -169,3 +171,112 @@ def test_boxes_command_with_a_local_detector(prompter_parts, tmp_path):
     boxes = live(sample)
     assert live.origin == "grounding-dino" and live.settings["mode"] == "per-class"
     assert len(boxes) == 5 and set(boxes.classes.tolist()) <= set(sample.labels)
+
+
+# --- prompts.compat: reference ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_parts(tmp_path_factory):
+    """A tiny model whose vocabulary has the VOC names as the published code writes them."""
+    folder = tmp_path_factory.mktemp("gdino-reference")
+    tokenizer = word_tokenizer(folder, list(VOC_CLASSES[1:]))
+    return tiny_grounding_dino(len(tokenizer)), tokenizer
+
+
+def _by_hand(model, tokenizer, image, query, shortest, longest):
+    """Token probabilities and unclipped XYXY boxes of one caption on ``image``."""
+    pixel_values, pixel_mask = preprocess_images([image], shortest, longest)
+    ids = torch.tensor([query.input_ids])
+    with torch.inference_mode():
+        outputs = model(
+            pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=ids,
+            attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids),
+        )  # fmt: skip
+    cx, cy, w, h = outputs.pred_boxes[0].unbind(-1)
+    height, width = image.shape[:2]
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    return outputs.logits[0].sigmoid(), xyxy * torch.tensor([width, height] * 2)
+
+
+@pytest.mark.parametrize("labels", [None, [11, 16]], ids=["evaluation", "training"])
+def test_reference_boxes_equal_detecting_on_a_swapped_resized_copy(reference_parts, labels):
+    from co2sam.prompts.reference import phrase_class
+
+    model, tokenizer = reference_parts
+    kwargs = dict(box_threshold=0.0, text_threshold=0.3, shortest_edge=96, longest_edge=160)
+    prompter = GroundingDinoPrompter(
+        model, tokenizer, VOC_CLASSES, compat="reference", reference_size=64, **kwargs
+    )
+    image = _image(30, 50, 3)
+    found = prompter(image, labels)
+
+    # By hand: red and blue swapped, longest side 64 (38 x 64), padded to 64 x 64 for an
+    # evaluation (all-classes) query; boxes in that frame, mapped back by 50/64 and 30/38.
+    copy = np.asarray(Image.fromarray(image[..., ::-1].copy()).resize((64, 38), Image.BILINEAR))
+    if labels is None:
+        copy = np.pad(copy, ((0, 26), (0, 0), (0, 0)))
+    expected_xyxy, expected_classes = [], []
+    queries = [(None, q) for q in prompter.all_queries] if labels is None else [
+        (label, prompter.queries_for([label])[0]) for label in labels
+    ]  # fmt: skip
+    for label, query in queries:
+        assert (
+            tokenizer.decode(query.input_ids[1:-1]).replace(" .", ".")
+            == ". ".join(VOC_CLASSES[1:] if label is None else [VOC_CLASSES[label]]) + "."
+        )  # the published caption, raw names
+        probs, xyxy = _by_hand(model, tokenizer, copy, query, 96, 160)
+        expected_xyxy.append(xyxy.numpy() * np.array([50 / 64, 30 / 38] * 2, np.float32))
+        for row in probs:
+            positions = [p for p in range(1, len(query.input_ids)) if row[p] > 0.3]
+            phrase = tokenizer.decode([query.input_ids[p] for p in positions])
+            expected_classes.append(label or phrase_class(phrase, VOC_CLASSES))
+    np.testing.assert_allclose(found.xyxy, np.concatenate(expected_xyxy), rtol=1e-5, atol=1e-4)
+    assert found.classes.tolist() == expected_classes
+    if labels is None:  # some boxes may match no class: those carry class 0
+        assert set(found.classes.tolist()) <= set(range(0, 21))
+
+    # The swap matters: the same copy without it gives other boxes.
+    plain = np.asarray(Image.fromarray(image).resize((64, 38), Image.BILINEAR))
+    if labels is None:
+        plain = np.pad(plain, ((0, 26), (0, 0), (0, 0)))
+    unswapped = _by_hand(model, tokenizer, plain, queries[0][1], 96, 160)[1]
+    swapped = _by_hand(model, tokenizer, copy, queries[0][1], 96, 160)[1]
+    assert not np.allclose(unswapped.numpy(), swapped.numpy(), atol=1e-3)
+
+
+def test_reference_and_paper_caches_refuse_each_other(tmp_path):
+    from co2sam.config import load_config
+    from co2sam.prompts import BoxCacheError, box_source, default_cache_path, write_box_cache
+    from co2sam.prompts.source import detector_settings
+
+    class Split:
+        class_names = VOC_CLASSES
+        ids = ["a"]
+
+    def config(compat):
+        return load_config(
+            None, [f"data.root={tmp_path}", "data.dataset=synthetic", f"prompts.compat={compat}"]
+        )
+
+    path = default_cache_path(config("paper"), "val")
+    path.parent.mkdir(parents=True)
+    for made, other in (("paper", "reference"), ("reference", "paper")):
+        settings = detector_settings(config(made), "val", VOC_CLASSES)
+        assert settings["compat"] == made
+        write_box_cache(path, settings, {"a": Boxes()}, overwrite=True)
+        assert box_source(config(made), "val", Split()).settings["compat"] == made
+        with pytest.raises(BoxCacheError, match=f"made with prompts.compat={made}") as error:
+            box_source(config(other), "val", Split())
+        assert f"--set prompts.compat={other} --overwrite" in str(error.value)
+    # Reference caches record the raw names they queried; paper ones the readable texts.
+    reference = detector_settings(config("reference"), "val", VOC_CLASSES)["prompts"]
+    assert reference[10] == ["diningtable"]
+    assert detector_settings(config("paper"), "val", VOC_CLASSES)["prompts"][10] == ["dining table"]
+    # A cache made before prompts.compat existed is a paper cache.
+    legacy = detector_settings(config("paper"), "val", VOC_CLASSES)
+    del legacy["compat"]
+    write_box_cache(path, legacy, {"a": Boxes()}, overwrite=True)
+    assert box_source(config("paper"), "val", Split()).origin == "grounding-dino"
+    with pytest.raises(BoxCacheError, match="prompts.compat=paper"):
+        box_source(config("reference"), "val", Split())

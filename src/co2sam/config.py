@@ -1,7 +1,8 @@
 """Typed configuration: one dataclass per concern, YAML presets, dotted overrides.
 
 A run is described by a :class:`Co2SamConfig`, made of sections that map 1:1 onto
-the YAML presets in ``co2sam/configs`` (``voc.yaml``, ``coco.yaml``, ``demo.yaml``).
+the YAML presets in ``co2sam/configs`` (``voc.yaml``, ``coco.yaml``, their
+``*-reference.yaml`` variants, ``demo.yaml``).
 Defaults reproduce the paper (``SPEC.md``); the presets only change what differs
 between datasets. Any field can be overridden from the command line with
 ``--set section.field=value`` (the value is parsed as YAML: ``--set optim.lr=2e-4``,
@@ -114,13 +115,22 @@ class PromptConfig:
     """Detector texts per class, ``"dataset_name=text|other text"`` (e.g.
     ``"tvmonitor=tv monitor|television"``); default: the readable class name."""
     compat: Literal["paper", "reference"] = "paper"
-    """``paper``: boxes follow the weak view's flips. ``reference``: the published
-    code's box bugs, for like-for-like comparison: training boxes (found on the
-    un-augmented image) are used unflipped on the flipped weak view."""
+    """``paper``: co2sam's detection stage (readable class names, token-span classes,
+    boxes following the weak view's flips). ``reference``: the published code's, for
+    like-for-like comparison (co2sam.prompts.reference): the detector sees the image with
+    red and blue swapped, resized to longest side 1024 (training) or resized and
+    zero-padded to 1024 x 1024 (evaluation); captions of the dataset's names as written;
+    a box gets the first class whose name is a substring of its phrase (else none); and
+    training boxes are used unflipped on the flipped weak view. Box caches record it."""
 
     def __post_init__(self) -> None:
         _check_choice("prompts.source", self.source, ("cache", "detector", "oracle", "simulated"))
         _check_choice("prompts.compat", self.compat, ("paper", "reference"))
+        if self.compat == "reference" and self.synonyms:
+            raise ConfigError(
+                "prompts.synonyms cannot be used with prompts.compat=reference (the published "
+                "code queries the class names as written); drop one of them"
+            )
         _check_choice("prompts.mode", self.mode, ("auto", "per-class", "all"))
         if not 0 < self.image_min_size <= self.image_max_size:
             raise ConfigError("prompts.image_min_size must be in 1..prompts.image_max_size")
@@ -289,7 +299,7 @@ class Co2SamConfig:
         return path
 
 
-PRESETS = ("voc", "coco", "demo")
+PRESETS = ("voc", "coco", "voc-reference", "coco-reference", "demo")
 
 
 def preset_path(name: str) -> Path:

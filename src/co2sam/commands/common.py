@@ -16,7 +16,7 @@ ConfigOption = typer.Option(
     "--config",
     "-c",
     metavar="PRESET|FILE",
-    help="Preset name (voc, coco, demo) or a YAML file.",
+    help="Preset name (voc, coco, voc-reference, coco-reference, demo) or a YAML file.",
 )
 SetOption = typer.Option(
     None,

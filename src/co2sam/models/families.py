@@ -97,8 +97,7 @@ def family_of_model_type(model_type: str, source: str = "config.json") -> Family
     known = ", ".join(t for family in FAMILIES.values() for t in family.model_types)
     hint = " (SAM 3 is used as a box prompter: --detector)" if model_type == "sam3" else ""
     raise ValueError(
-        f"{source} describes a {model_type!r} model; co2sam adapts these model types: "
-        f"{known}{hint}"
+        f"{source} describes a {model_type!r} model; co2sam adapts these model types: {known}{hint}"
     )
 
 

@@ -193,9 +193,7 @@ class Sam2Segmenter(Segmenter):
     ) -> None:
         # attention: accepted for the common interface; it selects SAM's ViT attention
         # (co2sam.models.attention) and leaves this encoder's blocks as they are.
-        super().__init__(
-            model, gradient_checkpointing=gradient_checkpointing, attention=attention
-        )
+        super().__init__(model, gradient_checkpointing=gradient_checkpointing, attention=attention)
         levels = self.sam.config.vision_config.num_feature_levels
         if levels != 3:
             raise ValueError(f"SAM 2 with {levels} feature levels; the mask decoder needs 3")

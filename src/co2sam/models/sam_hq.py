@@ -91,9 +91,7 @@ class SamHQSegmenter(Segmenter):
     ) -> None:
         # attention: accepted for the common interface; it selects SAM's ViT attention
         # (co2sam.models.attention) and leaves this encoder's blocks as they are.
-        super().__init__(
-            model, gradient_checkpointing=gradient_checkpointing, attention=attention
-        )
+        super().__init__(model, gradient_checkpointing=gradient_checkpointing, attention=attention)
         self.hq_token_only = hq_token_only
         """True: the HQ token's mask alone; False (SAM-HQ's default): SAM's + HQ's."""
 

@@ -17,13 +17,13 @@ from co2sam.prompts.cache import (
     load_box_cache,
     write_box_cache,
 )
+from co2sam.prompts.class_texts import class_prompts
 from co2sam.prompts.oracle import oracle_boxes
 from co2sam.prompts.registry import PROMPTERS, build_prompter, prompter_spec
 from co2sam.prompts.simulate import perturb_boxes
 from co2sam.prompts.source import (
     BoxSource,
     box_source,
-    class_prompts,
     default_cache_path,
     detector_settings,
     query_mode,

@@ -1,8 +1,10 @@
-"""The detector texts of each class (readable names, or the user's synonyms)."""
+"""The detector texts of each class (readable names, or the user's synonyms; the raw
+names for ``prompts.compat: reference``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from co2sam.classes import prompt_name
 
@@ -26,3 +28,12 @@ def class_prompts(class_names: Sequence[str], synonyms: Sequence[str] = ()) -> l
             raise ValueError(f"prompts.synonyms entry {entry!r} gives no text")
         texts[class_names.index(name.strip()) - 1] = options
     return texts
+
+
+def detector_texts(class_names: Sequence[str], prompts: Any) -> list[list[str]]:
+    """The detector texts per object class for ``config.prompts``: the readable names and
+    synonyms (:func:`class_prompts`), or with ``compat: reference`` the dataset's names as
+    written, as the published code queries them."""
+    if prompts.compat == "reference":
+        return [[name] for name in class_names[1:]]
+    return class_prompts(class_names, prompts.synonyms)

@@ -14,6 +14,10 @@ Two query modes:
 Batches mix prompts (and images); images of different sizes are zero-padded with a
 pixel mask, which changes DETR-style results slightly, so ``batch_size=1`` (default)
 or per-class queries of one image are exact.
+
+``compat="reference"`` (``prompts.compat``) reproduces the published code's detection
+stage instead (:mod:`co2sam.prompts.reference`): channel-swapped, resized (and for
+all-class queries padded) input, raw class names, the substring class rule.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from co2sam.prompts.class_texts import class_prompts
+from co2sam.prompts.class_texts import class_prompts, detector_texts
+from co2sam.prompts.reference import (
+    REFERENCE_SIZE,
+    DetectorInput,
+    detector_input,
+    select_reference_detections,
+)
 from co2sam.prompts.text_queries import TextQuery, build_queries, select_detections
 from co2sam.records import Boxes
 
@@ -92,8 +102,10 @@ class GroundingDinoPrompter:
 
     class_names: dataset names, background first (index 0). class_texts: detector texts
     per class ``[[texts of class 1], [texts of class 2], ...]``; default: the readable
-    name (:func:`co2sam.classes.prompt_name`). Call with an HWC uint8 image; returns
-    Boxes in the original image's pixel frame, classes in 1..C, box-score confidence.
+    name (:func:`co2sam.classes.prompt_name`), or the raw name with ``compat="reference"``.
+    Call with an HWC uint8 image; returns Boxes in the original image's pixel frame,
+    classes in 1..C (0 too with ``compat="reference"``: the phrase matched no class),
+    box-score confidence.
     """
 
     def __init__(
@@ -109,11 +121,19 @@ class GroundingDinoPrompter:
         device: str = "auto",
         shortest_edge: int = 800,
         longest_edge: int = 1333,
+        compat: str = "paper",
+        reference_size: int = REFERENCE_SIZE,
     ) -> None:
+        if compat not in ("paper", "reference"):
+            raise ValueError(f"compat must be paper or reference, got {compat!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.class_names = tuple(class_names)
+        self.compat = compat
+        self.reference_size = reference_size
+        if class_texts is None and compat == "reference":
+            class_texts = [[name] for name in self.class_names[1:]]
         texts = class_texts if class_texts is not None else class_prompts(self.class_names)
         if len(texts) != len(self.class_names) - 1:
             raise ValueError(
@@ -151,18 +171,20 @@ class GroundingDinoPrompter:
 
     @classmethod
     def from_config(cls, config, class_names: Sequence[str]) -> GroundingDinoPrompter:
-        """From ``config.prompts`` (detector, thresholds, synonyms, batch size, device, sizes)."""
+        """From ``config.prompts`` (detector, thresholds, synonyms, batch size, device, sizes,
+        compat)."""
         prompts = config.prompts
         return cls.from_pretrained(
             prompts.detector,
             class_names,
-            class_texts=class_prompts(class_names, prompts.synonyms),
+            class_texts=detector_texts(class_names, prompts),
             box_threshold=prompts.box_threshold,
             text_threshold=prompts.text_threshold,
             batch_size=prompts.batch_size,
             device=prompts.device,
             shortest_edge=prompts.image_min_size,
             longest_edge=prompts.image_max_size,
+            compat=prompts.compat,
         )
 
     def queries_for(self, labels: Sequence[int] | None) -> list[TextQuery]:
@@ -195,14 +217,42 @@ class GroundingDinoPrompter:
             for index, image_labels in enumerate(labels)
             for query in self.queries_for(image_labels)
         ]
+        inputs: list[DetectorInput] = []
+        if self.compat == "reference":  # what the published code hands the detector
+            inputs = [
+                detector_input(image, padded=image_labels is None, size=self.reference_size)
+                for image, image_labels in zip(images, labels, strict=True)
+            ]
+            images = [prepared.image for prepared in inputs]
         found: list[list[Boxes]] = [[] for _ in images]
         for start in range(0, len(jobs), self.batch_size):
             batch = jobs[start : start + self.batch_size]
-            for (index, _), boxes in zip(batch, self._run(images, batch), strict=True):
+            outputs = self._run(images, batch)
+            for (index, query), (token_probs, xyxy) in zip(batch, outputs, strict=True):
+                if self.compat == "reference":
+                    boxes = select_reference_detections(
+                        token_probs,
+                        xyxy,
+                        query,
+                        self.tokenizer,
+                        self.class_names,
+                        self.box_threshold,
+                        self.text_threshold,
+                        queried_class=query.classes[0] if labels[index] is not None else None,
+                    )
+                    boxes.xyxy = inputs[index].to_original(boxes.xyxy)
+                else:
+                    boxes = select_detections(
+                        token_probs, xyxy, query, self.box_threshold, self.text_threshold
+                    )
                 found[index].append(boxes)
         return [_concatenate(parts) for parts in found]
 
-    def _run(self, images: Sequence[np.ndarray], batch: list[tuple[int, TextQuery]]) -> list[Boxes]:
+    def _run(
+        self, images: Sequence[np.ndarray], batch: list[tuple[int, TextQuery]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per job: (T,) token probabilities of every box (N, T) and its (N, 4) XYXY pixels
+        in the image's frame (clipped to it, except with ``compat="reference"``)."""
         batch_images = [images[index] for index, _ in batch]
         pixel_values, pixel_mask = preprocess_images(
             batch_images, self.shortest_edge, self.longest_edge, self.device
@@ -221,23 +271,23 @@ class GroundingDinoPrompter:
             token_type_ids=torch.zeros_like(input_ids).to(self.device),
         )
         token_probs = outputs.logits.float().sigmoid()  # (B, queries, max_text_len)
-        results = []
-        for row, (image, (_, query)) in enumerate(zip(batch_images, batch, strict=True)):
-            xyxy = _to_pixels(outputs.pred_boxes[row].float(), image.shape[0], image.shape[1])
-            results.append(
-                select_detections(
-                    token_probs[row], xyxy, query, self.box_threshold, self.text_threshold
-                )
+        clip = self.compat != "reference"  # the published post-processing does not clip
+        return [
+            (
+                token_probs[row],
+                _to_pixels(outputs.pred_boxes[row].float(), *image.shape[:2], clip=clip),
             )
-        return results
+            for row, image in enumerate(batch_images)
+        ]
 
 
-def _to_pixels(cxcywh: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Normalised (cx, cy, w, h) of the unpadded image -> XYXY pixels, clipped to it."""
+def _to_pixels(cxcywh: torch.Tensor, height: int, width: int, clip: bool = True) -> torch.Tensor:
+    """Normalised (cx, cy, w, h) of the unpadded image -> XYXY pixels (clipped to it)."""
     cx, cy, w, h = cxcywh.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
     size = torch.tensor([width, height, width, height], device=xyxy.device, dtype=xyxy.dtype)
-    return torch.minimum((xyxy * size).clamp(min=0), size)
+    xyxy = xyxy * size
+    return torch.minimum(xyxy.clamp(min=0), size) if clip else xyxy
 
 
 def _concatenate(parts: list[Boxes]) -> Boxes:

@@ -13,7 +13,7 @@ from typing import Any
 
 from co2sam.config import Co2SamConfig
 from co2sam.prompts.cache import BoxCacheError, load_box_cache
-from co2sam.prompts.class_texts import class_prompts
+from co2sam.prompts.class_texts import detector_texts
 from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
 from co2sam.prompts.registry import PROMPTERS, build_prompter, prompter_spec
 from co2sam.records import Boxes, Sample
@@ -67,13 +67,20 @@ def detector_settings(
     ``text_threshold`` is recorded only for the prompters that use it.
     """
     spec = prompter_spec(config.prompts.detector)
+    if config.prompts.compat == "reference" and spec.name != "grounding-dino":
+        raise ValueError(
+            f"prompts.compat=reference reproduces the published Grounding DINO stage; the "
+            f"detector {config.prompts.detector!r} is {spec.title}: use prompts.compat=paper "
+            "with it, or a Grounding DINO detector"
+        )
     settings = {
         "origin": spec.name,
         "detector": config.prompts.detector,
         "box_threshold": config.prompts.box_threshold,
         "text_threshold": config.prompts.text_threshold,
         "mode": mode or query_mode(config, split),
-        "prompts": class_prompts(class_names, config.prompts.synonyms),
+        "compat": config.prompts.compat,
+        "prompts": detector_texts(class_names, config.prompts),
         "class_names": list(class_names),
         "split": split,
     }
@@ -144,6 +151,16 @@ def cache_source(
     if not explicit and cache.origin in PROMPTERS:
         # imported / oracle caches have no detector settings
         expected = detector_settings(config, split, class_names)
+        made_with = cache.settings.get("compat", "paper")  # caches made before the switch
+        if made_with != expected["compat"]:
+            raise BoxCacheError(
+                f"box cache {path} was made with prompts.compat={made_with}, and this config "
+                f"has prompts.compat={expected['compat']}: the published detection stage "
+                "(reference) and co2sam's (paper) give other boxes. Set "
+                f"prompts.compat={made_with}, or re-make the cache with `co2sam boxes "
+                f"--split {split} --set prompts.compat={expected['compat']} --overwrite`."
+            )
+        del expected["compat"]  # checked above, with a legacy cache's default
         cache = load_box_cache(path, expected)
     missing = cache.missing(getattr(dataset, "ids", ()))
     if missing:

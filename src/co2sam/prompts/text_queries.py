@@ -1,5 +1,6 @@
 """Detector text prompts and the mapping from token scores back to classes.
 
+
 Grounding DINO reads a prompt like ``"[CLS] cat . dining table . [SEP]"`` and scores
 every box against every token. We build the token ids ourselves, one class name at a
 time, so we know exactly which token positions belong to which class (its *span*);
