@@ -271,3 +271,26 @@ def test_template_cache_trains_the_same_weights(data_root, tmp_path):
     metrics_csv = tmp_path / "cached" / "csv" / "from-step-0" / "metrics.csv"
     rows = list(csv.DictReader(metrics_csv.read_text().splitlines()))
     assert any(row.get("train/template_cache_hit_rate") for row in rows)
+
+
+def test_cli_train_excludes_the_flagged_images(data_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    ids = (data_root / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    flagged = tmp_path / "flagged.txt"
+    flagged.write_text(f"# from the Review tab\n{ids[1]}\n\nnot_an_image\n")
+    args = ["train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle"]
+    args += ["--out", str(tmp_path / "run"), "--accelerator", "cpu", "--epochs", "1"]
+    args += ["--set", "data.dataset=synthetic", "--set", "data.train_split=train"]
+    args += ["--set", "data.num_workers=0", "--set", "train.val_every=0", "--no-progress"]
+    args += ["--set", "train.batch_size=1", "--exclude", str(flagged)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "left out 1 image(s) of split 'train'" in output
+    assert "1 listed id(s) are not in it (not_an_image)" in output
+    assert "step 2, epoch 1" in output  # 3 images, one left out, batch 1
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]
+    assert saved["data"]["exclude"] == str(flagged.resolve())

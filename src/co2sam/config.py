@@ -75,6 +75,9 @@ class DataConfig:
     """Leave out the images whose files fail the pre-flight (``--skip-bad``), each with a
     warning line and a line in the run folder's skipped.txt. Files that fail later,
     mid-run, are always skipped this way."""
+    exclude: str | None = None
+    """A file of image ids (one per line) to leave out of the training split, e.g. the
+    ``flagged.txt`` that ``co2sam app``'s Review tab writes (``--exclude``)."""
 
     def __post_init__(self) -> None:
         _check_choice("data.dataset", self.dataset, ("voc", "coco", "folder", "synthetic"))

@@ -36,6 +36,11 @@ def train(
         "with, or to run live (prompts.detector).",
     ),
     skip_bad: bool = SkipBadOption,
+    exclude: Path | None = typer.Option(
+        None,
+        help="A file of image ids to leave out of training, one per line (data.exclude), "
+        "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
+    ),
     out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
     devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
     num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
@@ -82,6 +87,7 @@ def train(
     flags: dict[str, object] = {
         "data.root": data_root,
         "data.skip_bad": skip_bad or None,
+        "data.exclude": exclude.resolve() if exclude else None,
         "model.sam": sam,
         "prompts.detector": detector,
         "train.out_dir": out,

@@ -470,6 +470,15 @@ def _split_data(config, which, dataset, fabric, skipped):
 
         split = config.data.train_split if which == "train" else config.data.val_split
         dataset = build_dataset(config.data, split, check_masks=not config.data.preflight)
+    if which == "train" and config.data.exclude:
+        from co2sam.data.exclude import exclude_ids, read_id_list
+
+        dataset, exclusion = exclude_ids(dataset, read_id_list(config.data.exclude))
+        if fabric.global_rank == 0:
+            fabric.print(
+                exclusion.summary(config.data.exclude, config.data.train_split),
+                file=sys.stderr,
+            )
     limit = config.train.limit_train if which == "train" else config.train.limit_val
     dataset = limit_dataset(dataset, limit)
     return checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
