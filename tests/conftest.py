@@ -5,6 +5,16 @@ threads; under load (pytest -n 2 on 2 cores) torch's spinning threads make them
 up to ~100x slower, so each test process uses one thread.
 """
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``item.rep_call``), so a fixture can
+    tell in its teardown whether the test failed (the browser tests save screenshots)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -34,6 +34,7 @@ from co2sam.commands import (  # noqa: E402
     prepare,
     pseudo_labels,
     train,
+    web_app,
 )
 
 app = typer.Typer(
@@ -75,3 +76,4 @@ app.command("boxes")(boxes.boxes)
 app.command("import-boxes")(boxes.import_boxes)
 app.add_typer(prepare.prepare_app, name="prepare")
 app.command("check-data")(check_data.check_data)
+app.command("app")(web_app.app)
