@@ -18,3 +18,11 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def app_workspace(tmp_path_factory):
+    """The app's demo workspace, small (4 images per split), made once per test process."""
+    from app_support import small_workspace
+
+    return small_workspace(tmp_path_factory.mktemp("app") / "workspace")

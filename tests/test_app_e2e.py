@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_support import chromium_path, free_port, need, small_workspace
+from app_support import chromium_path, free_port, need
 from PIL import Image
 
 SHOTS = os.environ.get("CO2SAM_SCREENSHOTS")
@@ -25,10 +25,10 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(app_workspace):
     need("gradio")
     need("gradio_image_annotation")
-    return small_workspace(tmp_path_factory.mktemp("app") / "workspace")
+    return app_workspace
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,8 @@ def test_segment_a_drawn_box_shows_the_legend_areas_and_downloads(page, workspac
 def test_review_keys_move_and_flag_writes_flagged_txt(page, workspace):
     from playwright.sync_api import expect
 
+    flagged = Path(workspace.review) / "flagged.txt"
+    flagged.unlink(missing_ok=True)  # other tests of this process may have flagged
     page.get_by_role("tab", name="Review").click()
     info = page.locator("#review-info")
     expect(info).to_contain_text("1 of 4")
@@ -173,7 +175,6 @@ def test_review_keys_move_and_flag_writes_flagged_txt(page, workspace):
     shown_id = info.locator("strong").first.inner_text()
     page.locator("#review-flag").click()
     expect(info).to_contain_text("flagged")
-    flagged = Path(workspace.review) / "flagged.txt"
     assert flagged.read_text().split() == [shown_id]
     expect(page.locator("#review-flag")).to_have_text("Unflag")
     page.keyboard.press("ArrowLeft")

@@ -13,7 +13,7 @@ def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = ("demo", "train", "evaluate", "pseudo-labels", "predict", "boxes",
-                "import-boxes", "prepare", "check-data")  # fmt: skip
+                "import-boxes", "prepare", "check-data", "app")  # fmt: skip
     for command in commands:
         assert f" {command} " in result.output, command
 

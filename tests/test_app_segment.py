@@ -1,0 +1,189 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from co2sam.app import segment
+from co2sam.app.segment import InputImage, SegmentError
+from co2sam.classes import voc_palette
+from co2sam.data.image_io import read_label_png
+from co2sam.records import Boxes
+
+NAMES = ("background", "cat", "dog")
+
+
+class BoxFiller:
+    """Stand-in models: each view fills every box with its class (``shift`` moves them)."""
+
+    def __init__(self, detect=None):
+        self.detect = detect
+        self.views = {"plain SAM": 0, "adapted (Co2SAM)": 2}
+        self.calls = []
+
+    def label_maps(self, image, boxes, num_classes):
+        self.calls.append((image.shape, len(boxes), num_classes))
+        maps = {}
+        for name, shift in self.views.items():
+            label = np.zeros(image.shape[:2], np.uint8)
+            for (x0, y0, x1, y1), cls in zip(boxes.xyxy, boxes.classes, strict=True):
+                label[int(y0) + shift : int(y1), int(x0) : int(x1)] = cls
+            maps[name] = label
+        return maps
+
+
+def write_image(path, height=40, width=60, value=120):
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(path)
+    return str(path)
+
+
+def test_parse_class_names():
+    assert segment.parse_class_names(" cat, dog\nbird ") == ("background", "cat", "dog", "bird")
+    for text, message in [
+        ("", "at least one"),
+        ("cat, Background", "background"),
+        ("cat, dog, cat", "typed twice: cat"),
+    ]:
+        with pytest.raises(SegmentError, match=message):
+            segment.parse_class_names(text)
+
+
+def test_class_colours_are_the_label_pngs_palette():
+    colours = segment.class_colours(NAMES)
+    palette = voc_palette()
+    assert colours["dog"] == "#{:02x}{:02x}{:02x}".format(*palette[2])
+
+
+def test_drawn_boxes_take_their_class_and_are_clipped():
+    drawn = [
+        {"label": "dog", "xmin": 50, "ymin": 5, "xmax": 10, "ymax": 30},  # corners swapped
+        {"label": "cat", "xmin": -5, "ymin": 20, "xmax": 70, "ymax": 90},  # beyond the image
+    ]
+    boxes = segment.drawn_boxes(drawn, NAMES, (40, 60))
+    np.testing.assert_allclose(boxes.xyxy, [[10, 5, 50, 30], [0, 20, 60, 40]])
+    assert boxes.classes.tolist() == [2, 1] and boxes.scores.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [
+        ({"label": "bird", "xmin": 1, "ymin": 1, "xmax": 9, "ymax": 9}, "'bird', which is not"),
+        ({"label": "", "xmin": 1, "ymin": 1, "xmax": 9, "ymax": 9}, "class ''"),
+        ({"label": "cat", "xmin": 70, "ymin": 1, "xmax": 90, "ymax": 9}, "outside the image"),
+    ],
+)
+def test_drawn_boxes_refuse_unknown_classes_and_empty_boxes(box, message):
+    with pytest.raises(SegmentError, match=message):
+        segment.drawn_boxes([box], NAMES, (40, 60))
+
+
+def test_load_upload_limits_pixels_refuses_svg_and_non_images(tmp_path):
+    path = write_image(tmp_path / "big.png", 40, 60)
+    with pytest.raises(SegmentError, match="40 x 60|60 x 40"):
+        segment.load_upload(path, max_pixels=2000)
+    assert segment.load_upload(path, max_pixels=2400).shape == (40, 60, 3)
+    svg = tmp_path / "x.svg"
+    svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
+    with pytest.raises(SegmentError, match="SVG"):
+        segment.load_upload(svg, max_pixels=10**6)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(SegmentError, match="notes.png is not an image"):
+        segment.load_upload(text, max_pixels=10**6)
+
+
+def test_load_upload_applies_the_pages_rotation(tmp_path):
+    image = np.zeros((20, 30, 3), np.uint8)
+    image[0, 0] = 255  # top-left
+    Image.fromarray(image).save(tmp_path / "a.png")
+    turned = segment.load_upload(tmp_path / "a.png", 10**6, orientation=1)
+    assert turned.shape == (30, 20, 3) and turned[0, -1, 0] == 255  # clockwise: top-right
+
+
+def test_unique_names_are_file_safe_and_distinct():
+    taken = set()
+    names = [segment.unique_name(p, taken) for p in ["/x/a b.png", "/y/a b.jpg", "/z/..png"]]
+    assert names == ["a_b", "a_b-2", "image"]
+
+
+def test_segment_images_keeps_going_after_a_failed_image(tmp_path):
+    good = write_image(tmp_path / "good.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG truncated")
+    drawn = [{"label": "cat", "xmin": 10, "ymin": 10, "xmax": 30, "ymax": 30}]
+    inputs = [
+        InputImage("good", good, drawn=drawn),
+        InputImage("broken", str(broken), drawn=drawn),
+        InputImage("nobox", good),  # no drawn boxes and no detector
+    ]
+    steps = []
+    models = BoxFiller()
+    outcomes = segment.segment_images(
+        models, inputs, NAMES, max_pixels=10**6, progress=lambda *a: steps.append(a)
+    )
+    assert [o.error is None for o in outcomes] == [True, False, False]
+    assert "broken.png is not an image" in outcomes[1].error
+    assert "draw at least one box" in outcomes[2].error
+    assert steps[0] == (0, 3, "good") and steps[-1] == (3, 3, "")
+    assert models.calls == [((40, 60, 3), 1, 3)]
+    assert outcomes[0].box_origin == "drawn"
+    assert (outcomes[0].label_maps["plain SAM"] == 1).sum() == 400
+
+
+def test_images_without_drawn_boxes_take_the_detectors(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    found = Boxes(np.array([[0, 0, 10, 10]], np.float32), np.array([2]), np.array([0.7]))
+    models = BoxFiller(detect=lambda image, names: found if names == NAMES else Boxes())
+    (outcome,) = segment.segment_images(models, [InputImage("a", path)], NAMES, max_pixels=10**6)
+    assert outcome.error is None and outcome.box_origin == "detector"
+    assert outcome.boxes.scores.tolist() == pytest.approx([0.7])
+    models.detect = lambda image, names: Boxes()
+    (empty,) = segment.segment_images(models, [InputImage("a", path)], NAMES, max_pixels=10**6)
+    assert "found none of the classes" in empty.error
+
+
+def test_what_the_page_shows_and_downloads(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    drawn = [
+        {"label": "cat", "xmin": 0, "ymin": 0, "xmax": 20, "ymax": 10},
+        {"label": "dog", "xmin": 30, "ymin": 20, "xmax": 40, "ymax": 40},
+    ]
+    failed = tmp_path / "b.png"
+    failed.write_text("no")
+    outcomes = segment.segment_images(
+        BoxFiller(),
+        [InputImage("a", path, drawn=drawn), InputImage("b", str(failed), drawn=drawn)],
+        NAMES,
+        max_pixels=10**6,
+    )
+    good, bad = outcomes
+    base, masks = segment.annotated_view(good, "plain SAM", NAMES)
+    assert base.shape == (40, 60, 3) and not np.array_equal(base, good.image)  # boxes drawn
+    assert [name for _, name in masks] == ["cat", "dog"]
+    assert masks[0][0].sum() == 200 and masks[1][0].sum() == 200
+    rows = segment.area_rows(good, "plain SAM", NAMES)
+    assert rows == [["background", 2000, 83.33], ["cat", 200, 8.33], ["dog", 200, 8.33]]
+    shifted = segment.area_rows(good, "adapted (Co2SAM)", NAMES)
+    assert shifted[1][1] == 160  # the other view: the other label map
+    assert segment.caption(good, "plain SAM", NAMES) == "a: cat 8.3%, dog 8.3%"
+    assert segment.caption(bad, "plain SAM", NAMES).startswith("b: error: b.png is not")
+    assert segment.thumbnail(bad, "plain SAM").shape[2] == 3
+
+    files = segment.write_downloads(outcomes, "adapted (Co2SAM)", NAMES, tmp_path / "out")
+    assert [f.name for f in files] == ["a.png", "a.json"]  # nothing for the failed image
+    np.testing.assert_array_equal(read_label_png(files[0]), good.label_maps["adapted (Co2SAM)"])
+    assert Image.open(files[0]).mode == "P"
+    details = json.loads(files[1].read_text())
+    assert details["model"] == "adapted (Co2SAM)" and details["mode"] == "open"
+    assert details["areas"]["cat"]["pixels"] == 160
+    assert details["boxes"][1] == {
+        "xyxy": [30.0, 20.0, 40.0, 40.0],
+        "class": "dog",
+        "class_index": 2,
+        "score": 1.0,
+        "origin": "drawn",
+    }
+    again = segment.boxes_for_drawing(good, NAMES)
+    assert [(b["label"], b["xmin"], b["ymax"]) for b in again] == [("cat", 0, 10), ("dog", 30, 40)]
+    with pytest.raises(SegmentError, match="not segmented"):
+        segment.area_rows(bad, "plain SAM", NAMES)

@@ -1,0 +1,46 @@
+"""``co2sam app`` from the command line (the server itself is not started here)."""
+
+import pytest
+from app_support import need
+from typer.testing import CliRunner
+
+from co2sam.cli import app
+
+runner = CliRunner()
+
+
+def test_bad_options_fail_before_anything_loads():
+    result = runner.invoke(app, ["app", "--review", "no/such/folder"])
+    assert result.exit_code == 2 and "co2sam pseudo-labels" in " ".join(result.output.split())
+    result = runner.invoke(app, ["app", "--port", "0"])
+    assert result.exit_code == 2 and "--port" in result.output
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    need("gradio")
+    need("gradio_image_annotation")
+    import co2sam.app.server as server
+
+    calls = []
+    monkeypatch.setattr(server, "launch", lambda page, settings, **kw: calls.append((settings, kw)))
+    return calls
+
+
+def test_another_host_is_served_with_a_warning(launched, app_workspace):
+    args = ["app", "--demo-dir", app_workspace.root, "--host", "0.0.0.0", "--port", "7999"]
+    result = runner.invoke(app, [*args, "--max-file-size", "5"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "reachable from other machines" in output
+    assert "open the local URL" in output
+    ((settings, options),) = launched
+    assert settings.host == "0.0.0.0" and settings.port == 7999 and options == {"block": True}
+    assert settings.max_file_bytes == 5 * 1024 * 1024
+
+
+def test_this_machine_only_by_default(launched, app_workspace):
+    result = runner.invoke(app, ["app", "--demo-dir", app_workspace.root])
+    assert result.exit_code == 0, result.output
+    assert "reachable" not in result.output
+    assert launched[0][0].host == "127.0.0.1"
