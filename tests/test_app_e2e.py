@@ -25,10 +25,17 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-def workspace(app_workspace):
+def workspace(request):
+    """The small workspace, or ``CO2SAM_APP_WORKSPACE`` (the full one ``co2sam app`` makes
+    when given nothing: the README's screenshots show it)."""
     need("gradio")
     need("gradio_image_annotation")
-    return app_workspace
+    folder = os.environ.get("CO2SAM_APP_WORKSPACE")
+    if folder:
+        from co2sam.app.workspace import prepare_demo_workspace
+
+        return prepare_demo_workspace(folder)
+    return request.getfixturevalue("app_workspace")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,7 @@ def server(workspace):
 
     settings = AppSettings(demo_dir=workspace.root, port=free_port(), max_file_mb=1)
     context = build_context(settings)
-    page = launch(Page(context).build(), settings, block=False, quiet=True)
+    page = launch(Page(context).build(), settings, block=False)
     yield f"http://127.0.0.1:{settings.port}/", context
     page.close()
 
@@ -97,7 +104,8 @@ def screenshot(tab, name: str) -> None:
     """Save the README's screenshot of a tab when ``CO2SAM_SCREENSHOTS`` names a folder."""
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(Path(SHOTS) / f"app_{name}.png"), full_page=True)
+        path = Path(SHOTS) / f"app_{name}.jpg"
+        tab.screenshot(path=str(path), full_page=True, type="jpeg", quality=80)
 
 
 def fetch_image(tab, selector: str) -> np.ndarray:
@@ -155,9 +163,11 @@ def test_segment_a_drawn_box_shows_the_legend_areas_and_downloads(page, workspac
     assert label_png.mode == "P" and label_png.size == (image.shape[1], image.shape[0])
     assert (np.asarray(label_png) == 1).sum() > 0  # the drawn box's class, index 1
 
+    expect(page.locator("#result-note")).to_contain_text("adapted (Co2SAM)")
+    screenshot(page, "segment")
     page.get_by_role("radio", name="plain SAM").check()
     expect(page.locator("#result-note")).to_contain_text("plain SAM")
-    screenshot(page, "segment")
+    expect(page.locator("#result .legend-item")).to_have_text(classes)
 
 
 def test_review_keys_move_and_flag_writes_flagged_txt(page, workspace):
@@ -165,20 +175,21 @@ def test_review_keys_move_and_flag_writes_flagged_txt(page, workspace):
 
     flagged = Path(workspace.review) / "flagged.txt"
     flagged.unlink(missing_ok=True)  # other tests of this process may have flagged
+    count = len(list((Path(workspace.review) / "SegmentationClass").glob("*.png")))
     page.get_by_role("tab", name="Review").click()
     info = page.locator("#review-info")
-    expect(info).to_contain_text("1 of 4")
-    expect(page.locator("#review-thumbs img")).to_have_count(4)
+    expect(info).to_contain_text(f"1 of {count}")
+    expect(page.locator("#review-thumbs img")).to_have_count(min(count, 24))
     expect(page.locator("#review-truth img")).to_be_visible()
     page.keyboard.press("ArrowRight")
-    expect(info).to_contain_text("2 of 4")
+    expect(info).to_contain_text(f"2 of {count}")
     shown_id = info.locator("strong").first.inner_text()
     page.locator("#review-flag").click()
     expect(info).to_contain_text("flagged")
     assert flagged.read_text().split() == [shown_id]
     expect(page.locator("#review-flag")).to_have_text("Unflag")
     page.keyboard.press("ArrowLeft")
-    expect(info).to_contain_text("1 of 4")
+    expect(info).to_contain_text(f"1 of {count}")
     screenshot(page, "review")
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from co2sam.app.models import ADAPTED, PLAIN, AppModels
+from co2sam.app.paths import short_path
 from co2sam.records import Boxes
 from co2sam.sam import Segmenter, attach_lora, load_sam, save_adapter
 
@@ -48,4 +49,4 @@ def test_before_after_is_plain_sam_and_the_adapter_on_the_same_boxes(adapter, im
     np.testing.assert_array_equal(maps[PLAIN], alone.label_maps(image, BOXES, 3)[PLAIN])
     assert (maps[PLAIN] != maps[ADAPTED]).any()  # this adapter changes the masks
     np.testing.assert_array_equal(maps[ADAPTED], models.label_maps(image, BOXES, 3)[ADAPTED])
-    assert f"adapter: {adapter}" in models.describe()
+    assert f"adapter: {short_path(adapter)}" in models.describe()

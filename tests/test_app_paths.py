@@ -1,6 +1,6 @@
 import pytest
 
-from co2sam.app.paths import UnsafePathError, ensure_inside, inside
+from co2sam.app.paths import UnsafePathError, ensure_inside, inside, short_path
 
 
 def test_inside_accepts_plain_names_below_the_root(tmp_path):
@@ -32,3 +32,9 @@ def test_ensure_inside_checks_any_of_the_roots(tmp_path):
     assert ensure_inside(data / "x.jpg", [labels, data]) == (data / "x.jpg").resolve()
     with pytest.raises(UnsafePathError, match="not inside"):
         ensure_inside(tmp_path / "data" / ".." / "other.jpg", [data, labels])
+
+
+def test_short_path_keeps_the_last_parts():
+    assert short_path("/home/me/runs/voc/best") == "…/runs/voc/best"
+    assert short_path("/home/me/runs/voc/best", 1) == "…/best"
+    assert short_path("runs/best") == "runs/best"

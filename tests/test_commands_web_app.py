@@ -33,9 +33,9 @@ def test_another_host_is_served_with_a_warning(launched, app_workspace):
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "reachable from other machines" in output
-    assert "open the local URL" in output
+    assert "models: SAM: …/demo_sam · adapter: …/workspace/train/best" in output
     ((settings, options),) = launched
-    assert settings.host == "0.0.0.0" and settings.port == 7999 and options == {"block": True}
+    assert settings.host == "0.0.0.0" and settings.port == 7999 and options["block"] is True
     assert settings.max_file_bytes == 5 * 1024 * 1024
 
 

@@ -11,12 +11,12 @@ a function ``(image, boxes, num_classes) -> label map``; a model that needs no b
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from co2sam.app.paths import short_path
 from co2sam.records import Boxes
 
 PLAIN = "plain SAM"
@@ -105,8 +105,11 @@ class AppModels:
 
     def describe(self) -> str:
         """One line for the page: which SAM, adapter and detector are loaded."""
-        parts = [f"SAM: {_short(self.base)}"]
-        parts.append(f"adapter: {self.adapter}" if self.adapter else "no adapter (--adapter)")
+        parts = [f"SAM: {short_path(self.base, 1)}"]
+        adapter = (
+            f"adapter: {short_path(self.adapter)}" if self.adapter else "no adapter (--adapter)"
+        )
+        parts.append(adapter)
         parts.append(
             f"detector: {self.detector_name}" if self.detector_name else "boxes drawn by hand"
         )
@@ -144,8 +147,3 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _short(source: str) -> str:
-    path = Path(source)
-    return path.name if path.is_absolute() else source

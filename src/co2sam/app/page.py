@@ -22,6 +22,7 @@ from co2sam.app import review as reviewing
 from co2sam.app import segment as segmenting
 from co2sam.app.gradio_env import import_gradio
 from co2sam.app.models import ADAPTED, AppModels
+from co2sam.app.paths import short_path
 from co2sam.app.review import ReviewFolder
 from co2sam.app.runs import RunFolder
 
@@ -302,7 +303,7 @@ class Page:
             picture = Image.fromarray(_overlays(views)[0])
             picture.thumbnail((REVIEW_THUMBNAIL, REVIEW_THUMBNAIL))
             score = ious.get(image_id) if ious else confidences.get(image_id)
-            text = image_id if score is None else f"{image_id} · {100 * score:.0f}%"
+            text = image_id if score is None else f"{100 * score:.0f}% · {image_id}"
             items.append((np.asarray(picture), ("⚑ " if image_id in flagged else "") + text))
         return items
 
@@ -482,7 +483,7 @@ class Page:
                     review_state = gr.State(None)
                     with gr.Row():
                         folder = gr.Dropdown(
-                            choices=context.reviews,
+                            choices=[(short_path(f), f) for f in context.reviews],
                             value=context.reviews[0] if context.reviews else None,
                             label="Pseudo-label or evaluation folder",
                             elem_id="review-folder",
@@ -535,7 +536,7 @@ class Page:
 
                 with gr.Tab("Run", id="run", elem_id="tab-run"):
                     run = gr.Dropdown(
-                        choices=context.runs,
+                        choices=[(short_path(f), f) for f in context.runs],
                         value=context.runs[0] if context.runs else None,
                         label="Training run folder",
                         elem_id="run-folder",

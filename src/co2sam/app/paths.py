@@ -44,3 +44,11 @@ def ensure_inside(path: str | Path, roots: Iterable[str | Path]) -> Path:
         where = ", ".join(str(root) for root in allowed)
         raise UnsafePathError(f"refused {path}: it is not inside {where}")
     return resolved
+
+
+def short_path(path: str | Path, parts: int = 3) -> str:
+    """The last ``parts`` parts of a path (``…/run/best``), for labels on the page."""
+    pieces = Path(path).parts
+    if len(pieces) <= parts:
+        return str(path)
+    return "…/" + "/".join(pieces[-parts:])

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from co2sam.app.paths import UnsafePathError, ensure_inside, inside
+from co2sam.app.paths import UnsafePathError, ensure_inside, inside, short_path
 
 FLAGGED_FILE = "flagged.txt"
 CONFIDENCE_FOLDER = "Confidence"
@@ -112,7 +112,7 @@ class ReviewFolder:
 
     def describe(self) -> str:
         """One line: what the folder is, its split, mode(s) and where its images are."""
-        data = f"images from {self.data_root}" if self.data_root else "no dataset recorded"
+        data = f"images from {short_path(self.data_root)}" if self.data_root else "no dataset"
         return (
             f"{self.kind} · split {self.split or '?'} · mode {', '.join(self.modes)} · {data}"
             + (f" · {self.data_note}" if self.data_note else "")

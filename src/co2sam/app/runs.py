@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from co2sam.app.paths import inside
+from co2sam.app.paths import inside, short_path
 
 HIDDEN_TERMS = ("lr", "images_per_s", "template_cache_hit_rate", "template_cache_gib")
 """``train/*`` columns that are not loss terms."""
@@ -142,7 +142,7 @@ class RunFolder:
     def summary(self) -> str:
         """A few lines of Markdown: steps, epochs, best validation, validation boxes."""
         rows = self.log_rows()
-        lines = [f"**{self.path}**"]
+        lines = [f"**{short_path(self.path)}**"]
         if rows:
             lines.append(f"{rows[-1]['step']} optimizer steps logged")
         validations = self.validations()

@@ -95,10 +95,17 @@ def adapter_class_names(adapter: str) -> tuple[str, ...] | None:
         return None
 
 
-def launch(page: Any, settings: AppSettings, *, block: bool = True, quiet: bool = False) -> Any:
+def launch(
+    page: Any,
+    settings: AppSettings,
+    *,
+    block: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Any:
     """Serve ``page`` (a ``gr.Blocks``) with the settings above; returns it.
 
     block: wait until the server stops (Ctrl-C); False returns at once (tests).
+    log: told the page's address once it listens.
     """
     from co2sam.app.page import CSS, KEYBOARD_JS
 
@@ -110,8 +117,8 @@ def launch(page: Any, settings: AppSettings, *, block: bool = True, quiet: bool 
         max_file_size=settings.max_file_bytes,
         allowed_paths=None,
         show_error=True,
-        prevent_thread_lock=not block,
-        quiet=quiet,
+        prevent_thread_lock=True,
+        quiet=True,
         inbrowser=False,
         enable_monitoring=False,
         mcp_server=False,
@@ -122,4 +129,8 @@ def launch(page: Any, settings: AppSettings, *, block: bool = True, quiet: bool 
         js=KEYBOARD_JS,
         css=CSS,
     )
+    if log is not None:
+        log(f"co2sam app is at {page.local_url} (Ctrl-C stops it)")
+    if block:
+        page.block_thread()
     return page

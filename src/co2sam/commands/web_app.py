@@ -100,5 +100,5 @@ def app(
     from co2sam.app.page import Page
 
     page = Page(context).build()
-    console.print(f"co2sam app: {context.models.describe()}; open the local URL below")
-    launch(page, settings, block=True)
+    console.print(f"models: {context.models.describe()}")
+    launch(page, settings, block=True, log=lambda line: console.print(line))
