@@ -26,3 +26,17 @@ def app_workspace(tmp_path_factory):
     from app_support import small_workspace
 
     return small_workspace(tmp_path_factory.mktemp("app") / "workspace")
+
+
+@pytest.fixture(scope="session")
+def app_page(app_workspace):
+    """``co2sam app``'s page with nothing given (the small workspace), not launched."""
+    from app_support import need
+
+    need("gradio")
+    need("gradio_image_annotation")
+    from co2sam.app.page import Page
+    from co2sam.app.server import build_context
+    from co2sam.app.settings import AppSettings
+
+    return Page(build_context(AppSettings(demo_dir=app_workspace.root)))

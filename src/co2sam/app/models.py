@@ -68,7 +68,7 @@ class AppModels:
         detector: a Grounding DINO hub id or folder, loaded on first use per class list.
         prompt_config: a :class:`co2sam.config.Co2SamConfig` for the detector's thresholds.
         """
-        from co2sam.sam import Segmenter, load_adapter, load_sam
+        from co2sam.sam import load_adapter, load_sam, segmenter_for
 
         if adapter is not None:
             model = load_adapter(sam, adapter)
@@ -76,7 +76,7 @@ class AppModels:
         else:
             base = sam or "demo"
             model = load_sam(base)
-        segmenter = Segmenter(model).to(_device(device)).eval()
+        segmenter = segmenter_for(model).to(_device(device)).eval()
         detect = None
         if detector is not None:
             detect = DetectorCache(detector, prompt_config)
@@ -117,7 +117,8 @@ class AppModels:
 
 
 class DetectorCache:
-    """Grounding DINO for the last class list asked for (loading it takes seconds)."""
+    """The detector (Grounding DINO, SAM 3: ``co2sam.prompts.build_prompter``) for the last
+    class list asked for (loading it takes seconds)."""
 
     def __init__(self, detector: str, config: Any = None) -> None:
         from co2sam.config import load_config
@@ -128,11 +129,11 @@ class DetectorCache:
         self._prompter: Any = None
 
     def __call__(self, image: np.ndarray, class_names: Sequence[str]) -> Boxes:
-        from co2sam.prompts import GroundingDinoPrompter
+        from co2sam.prompts import build_prompter
 
         names = tuple(class_names)
         if names != self._names:
-            self._prompter = GroundingDinoPrompter.from_config(self.config, names)
+            self._prompter = build_prompter(self.config, names)
             self._names = names
         return self._prompter(image, None).top_k(self.config.prompts.max_boxes)
 

@@ -30,7 +30,7 @@ class AppSettings:
     adapter: str | None = None
     """Adapter folder (``RUN/best``): the "adapted" side of the before/after switch."""
     detector: str | None = None
-    """Grounding DINO hub id or folder; without it, boxes are drawn by hand."""
+    """Detector (Grounding DINO or SAM 3) hub id or folder; without it, boxes are drawn."""
     classes: tuple[str, ...] = ()
     """Default class names of the Segment tab (without background)."""
     data_root: str | None = None

@@ -17,7 +17,8 @@ def app(
         None, help="SAM weights (default: the adapter's base, else the demo SAM)."
     ),
     detector: str | None = typer.Option(
-        None, help="Grounding DINO hub id or folder (default: boxes are drawn by hand)."
+        None,
+        help="Detector (Grounding DINO or SAM 3) hub id or folder (default: boxes drawn by hand).",
     ),
     classes: str | None = typer.Option(
         None, help='Default class names of the Segment tab, e.g. "dog,sofa".'
