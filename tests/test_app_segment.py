@@ -86,6 +86,10 @@ def test_load_upload_limits_pixels_refuses_svg_and_non_images(tmp_path):
     svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>")
     with pytest.raises(SegmentError, match="SVG"):
         segment.load_upload(svg, max_pixels=10**6)
+    eps = tmp_path / "drawing.png"  # the name does not matter: the content does
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(SegmentError, match="is in the EPS format"):
+        segment.load_upload(eps, max_pixels=10**6)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(SegmentError, match="notes.png is not an image"):

@@ -7,7 +7,9 @@ Set before ``import gradio`` (Gradio reads them then):
 - ``GRADIO_TEMP_DIR``: a fresh ``co2sam-app-*`` folder for uploads and outputs (files mode
   0600), removed with the app's other files when it closes (``delete_cache``).
 
-Values already in the environment are kept.
+Values already in the environment are kept. Pillow's EPS reader is also turned off: it
+hands the file to Ghostscript, an interpreter, and an upload must never be run (the
+drawing panel decodes uploads with Pillow before co2sam sees them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from types import ModuleType
 
 
 def prepare_gradio_environment() -> None:
+    from PIL import EpsImagePlugin
+
+    EpsImagePlugin.gs_binary = False  # "no Ghostscript": EPS files are refused, not run
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if "GRADIO_TEMP_DIR" not in os.environ:
         os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="co2sam-app-")

@@ -27,6 +27,8 @@ import numpy as np
 from co2sam.classes import voc_palette
 from co2sam.records import Boxes
 
+RASTER_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF")
+"""Image formats the Segment tab decodes (Pillow's names): pixels only, nothing that runs."""
 MAX_CLASSES = 200
 """Label PNGs hold class indices in one byte (255 is the ignore value)."""
 THUMBNAIL = 256
@@ -122,8 +124,8 @@ def drawn_boxes(
 def load_upload(path: str | Path, max_pixels: int, orientation: int = 0) -> np.ndarray:
     """An uploaded image as (H, W, 3) uint8, refused when larger than ``max_pixels``.
 
-    Only raster formats Pillow decodes are read (no SVG: it is a program, not pixels);
-    the size is read from the header before any pixel is decoded.
+    Only the raster formats of :data:`RASTER_FORMATS` are read (no SVG or EPS: they are
+    programs, not pixels); the size is read from the header before any pixel is decoded.
     """
     from PIL import Image
 
@@ -135,8 +137,13 @@ def load_upload(path: str | Path, max_pixels: int, orientation: int = 0) -> np.n
     try:
         with Image.open(path) as header:
             width, height = header.size
+            kind = header.format
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise SegmentError(f"{path.name} is not an image Pillow can read ({error})") from error
+    if kind not in RASTER_FORMATS:
+        raise SegmentError(
+            f"{path.name} is in the {kind} format; upload a PNG, JPEG, WebP, BMP, TIFF or GIF"
+        )
     if width * height > max_pixels:
         raise SegmentError(
             f"{path.name} is {width} x {height} = {width * height / 1e6:.1f} megapixels; the "
