@@ -10,7 +10,9 @@ the page (``CO2SAM_E2E_ARTIFACTS``, default: pytest's temporary folder). With
 from __future__ import annotations
 
 import io
+import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,17 +40,38 @@ def workspace(request):
     return request.getfixturevalue("app_workspace")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+NETWORK = {"watching": False, "outside": []}
+
+
+def _watch_network(event, args):
+    """Audit hook: the hosts this process looks up or connects to while the app runs."""
+    if not NETWORK["watching"] or event not in ("socket.getaddrinfo", "socket.connect"):
+        return
+    address = args[0] if event == "socket.getaddrinfo" else args[1]
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, bytes):
+        host = host.decode()
+    if isinstance(host, str) and host not in LOCAL_HOSTS and not host.startswith("/"):
+        NETWORK["outside"].append(f"{event} {host}")
+
+
+sys.addaudithook(_watch_network)
+
+
 @pytest.fixture(scope="module")
 def server(workspace):
     from co2sam.app.page import Page
     from co2sam.app.server import build_context, launch
     from co2sam.app.settings import AppSettings
 
+    NETWORK["watching"], NETWORK["outside"] = True, []
     settings = AppSettings(demo_dir=workspace.root, port=free_port(), max_file_mb=1)
     context = build_context(settings)
     page = launch(Page(context).build(), settings, block=False)
     yield f"http://127.0.0.1:{settings.port}/", context
     page.close()
+    NETWORK["watching"] = False
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +227,10 @@ def test_run_tab_plots_losses_miou_bars_and_confusion(page):
     screenshot(page, "run")
 
 
+def test_the_app_process_looked_up_no_other_host(server):
+    assert NETWORK["watching"] and NETWORK["outside"] == []
+
+
 def test_server_refuses_big_uploads_and_serves_no_folder(server, workspace):
     url, _ = server
     body = b'--x\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
@@ -220,3 +247,27 @@ def test_server_refuses_big_uploads_and_serves_no_folder(server, workspace):
         with pytest.raises(urllib.error.HTTPError) as forbidden:
             urllib.request.urlopen(f"{url}gradio_api/file={path}")
         assert forbidden.value.code == 403, path
+
+
+def test_uploads_are_removed_when_the_app_stops(workspace):
+    """A second server of the same page: an upload lands in Gradio's folder, then goes."""
+    from co2sam.app.page import Page
+    from co2sam.app.server import build_context, launch
+    from co2sam.app.settings import AppSettings
+
+    settings = AppSettings(demo_dir=workspace.root, port=free_port())
+    page = launch(Page(build_context(settings)).build(), settings, block=False)
+    try:
+        body = b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+        body += b"Content-Type: image/png\r\n\r\n" + b"not really a png" + b"\r\n--x--\r\n"
+        upload = urllib.request.Request(
+            f"http://127.0.0.1:{settings.port}/gradio_api/upload",
+            data=body,
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
+        with urllib.request.urlopen(upload) as response:
+            (stored,) = json.loads(response.read())
+        assert Path(stored).is_file() and oct(Path(stored).stat().st_mode)[-3:] == "600"
+    finally:
+        page.close()
+    assert not Path(stored).exists()
