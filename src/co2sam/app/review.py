@@ -100,6 +100,7 @@ class ReviewFolder:
         self._ids: dict[str, list[str]] = {}
         self._ious: dict[str, dict[str, float | None]] = {}
         self._confidences: dict[str, dict[str, float | None]] = {}
+        self._box_score_cache: dict[str, float] | None = None
 
     # ------------------------------------------------------------------ listing
     @property
@@ -332,8 +333,8 @@ class ReviewFolder:
 
     def _box_scores(self) -> dict[str, float]:
         """Mean box score per image from the folder's box cache (empty without one)."""
-        if not hasattr(self, "_box_score_cache"):
-            self._box_score_cache: dict[str, float] = {}
+        if self._box_score_cache is None:
+            self._box_score_cache = {}
             cache = self.identity.get("box_cache")
             if cache and Path(cache).is_file():
                 from co2sam.prompts import load_box_cache

@@ -208,7 +208,7 @@ def segment_images(
             outcome.label_maps = models.label_maps(outcome.image, outcome.boxes, len(class_names))
         except SegmentError as error:
             outcome.error = str(error)
-        except Exception as error:  # noqa: BLE001 - one image's failure must not end the page
+        except Exception as error:  # one image's failure must not end the page
             traceback.print_exc(file=sys.stderr)
             outcome.error = f"{type(error).__name__}: {error}"
         outcomes.append(outcome)
