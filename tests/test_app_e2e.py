@@ -242,10 +242,12 @@ def test_server_refuses_big_uploads_and_serves_no_folder(server, workspace):
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(upload)
+    refused.value.close()
     assert refused.value.code == 413
     for path in (Path(workspace.review) / "report.json", Path("/etc/passwd")):
         with pytest.raises(urllib.error.HTTPError) as forbidden:
             urllib.request.urlopen(f"{url}gradio_api/file={path}")
+        forbidden.value.close()
         assert forbidden.value.code == 403, path
 
 

@@ -57,6 +57,13 @@ def test_an_unfinished_workspace_is_made_again_and_a_foreign_folder_refused(tmp_
     assert (foreign / "holiday.jpg").exists()
 
 
+def test_a_workspace_of_other_demo_code_is_not_used(app_workspace):
+    from dataclasses import replace
+
+    assert app_workspace.fingerprint and app_workspace.usable()
+    assert not replace(app_workspace, fingerprint="0" * 16).usable()
+
+
 def test_default_folder_is_in_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_workspace_dir().parent == tmp_path / "co2sam"

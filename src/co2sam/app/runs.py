@@ -200,7 +200,10 @@ class RunFolder:
 
     def _validation_boxes(self) -> str:
         source = self.config.get("prompts", {}).get("source", "?")
-        return "oracle (ground-truth boxes, an upper bound)" if source == "oracle" else source
+        return {
+            "oracle": "oracle (ground-truth boxes, an upper bound)",
+            "simulated": "the demo's simulated detector",
+        }.get(source, source)
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:

@@ -3,11 +3,12 @@
 Made once with the demo's own functions (:mod:`co2sam.demo.pipeline`: the generated
 target domain, the shipped demo SAM, the simulated detector, Co2SAM training), offline,
 in about a minute on 2 CPU cores, then kept (default: ``~/.cache/co2sam/app-demo-<version>``)
-so later starts are instant:
+so later starts are instant (it is made again when the demo's code or data generator
+changes, see :func:`demo_fingerprint`):
 
     data/                  the demo's generated domains (VOC layout)
     train/                 a quick Co2SAM run on the target domain, validated every epoch
-                           (oracle boxes): csv/, checkpoints/, best/, last/ -> Run tab
+                           (simulated-detector boxes): csv/, checkpoints/, best/ -> Run tab
     pseudo_labels/         label-guided pseudo-labels of the target training split made
                            with train/best and the simulated detector's boxes -> Review tab
     app_workspace.json     written last: what the app reads (an unfinished workspace
@@ -53,11 +54,35 @@ class DemoWorkspace:
     """``{"image": path, "boxes": [{label, xmin, ymin, xmax, ymax}]}`` per example image."""
     format: int = WORKSPACE_FORMAT
     version: str = __version__
+    fingerprint: str = ""
+    """:func:`demo_fingerprint` of the code that made it."""
 
     def usable(self) -> bool:
         paths = [self.adapter, self.run, self.review, self.data_root]
         paths += [example["image"] for example in self.examples]
-        return self.format == WORKSPACE_FORMAT and all(Path(path).exists() for path in paths)
+        return (
+            self.format == WORKSPACE_FORMAT
+            and self.fingerprint == demo_fingerprint()
+            and all(Path(path).exists() for path in paths)
+        )
+
+
+def demo_fingerprint() -> str:
+    """SHA-256 (16 hex digits) of the files that decide what the workspace holds: the demo
+    package, the data generator, the demo preset and this module."""
+    import hashlib
+    from importlib import resources
+
+    package = Path(str(resources.files("co2sam")))
+    files = sorted((package / "demo").glob("*.py")) + [
+        package / "data" / "synthetic.py",
+        package / "configs" / "demo.yaml",
+        Path(__file__),
+    ]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def default_workspace_dir() -> Path:
@@ -112,7 +137,7 @@ def _make(
     data = prepare_data(folder, settings)
     images = min(len(data.target_train), limit or len(data.target_train))
     say(f"Co2SAM training on {images} target images (validated every epoch)")
-    result = adapt(config, data, progress=False)
+    result = adapt(config, data, progress=False, validation=True)
     best = result.best_adapter
     adapter = best if best and (best / "co2sam_adapter.json").is_file() else result.last_adapter
     say("pseudo-labels of the target training split (label-guided)")
@@ -171,6 +196,7 @@ def _make(
         data_root=str(config.data.root),
         class_names=class_names,
         examples=examples,
+        fingerprint=demo_fingerprint(),
     )
 
 

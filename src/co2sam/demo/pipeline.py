@@ -190,9 +190,19 @@ def evaluate_both(
 
 
 def adapt(
-    config: Co2SamConfig, data: DemoData, *, sam_path: str | Path | None = None, progress: bool
+    config: Co2SamConfig,
+    data: DemoData,
+    *,
+    sam_path: str | Path | None = None,
+    progress: bool,
+    validation: bool = False,
 ) -> Any:
-    """Co2SAM training (the real ``fit``) on the target training split; returns FitResult."""
+    """Co2SAM training (the real ``fit``) on the target training split; returns FitResult.
+
+    validation: validate every ``train.val_every`` epochs on the target validation split
+    with the simulated detector's boxes (``co2sam app``'s workspace plots it); the demo
+    itself evaluates before and after instead.
+    """
     from co2sam.sam import Segmenter, attach_lora
     from co2sam.train.loop import fit
 
@@ -204,6 +214,8 @@ def adapt(
         segmenter=Segmenter(model),
         train_dataset=data.target_train,
         boxes_fn=data.target_train_boxes,
+        val_dataset=data.target_val if validation else None,
+        val_boxes_fn=data.target_val_boxes if validation else None,
         progress=progress,
     )
 
