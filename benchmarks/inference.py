@@ -8,6 +8,14 @@ vs SDPA vs folded attention and optionally torch.compile of the image encoder. E
     python benchmarks/inference.py                        # CPU, reduced SAM at 256
     python benchmarks/inference.py --device cuda --variant vit_b --size 1024 \\
         --images 64 --batch-sizes 1,4,8,16 --iterations 5 --compile --flops
+
+The second stage (``--segmenter``): a distilled SegFormer alone (open mode, no boxes, the
+image fitted into 2048 x 512 as at evaluation) timed in the same turns as Co2SAM in open
+mode with a live detector (``--detector``: a random Grounding DINO asked for all classes,
+then SAM on its boxes; the box-cache cases above leave the detector out)::
+
+    python benchmarks/inference.py --variant vit_b --size 1024 --batch-sizes 1 \\
+        --precisions fp32 --images 4 --iterations 3 --detector swin_t --segmenter b0,b2
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from common import (  # noqa: E402
     H100_BF16_DENSE_TFLOPS,
     Work,
@@ -44,7 +53,7 @@ from common import (  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from co2sam.classes import VOC_CLASSES  # noqa: E402
-from co2sam.evaluate import evaluate_model  # noqa: E402
+from co2sam.evaluate import evaluate_model, evaluate_predictor  # noqa: E402
 from co2sam.records import Boxes, Sample  # noqa: E402
 
 
@@ -104,6 +113,73 @@ def evaluation_case(
     return run
 
 
+SEGFORMER_SIZES = {
+    "b0": {"hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
+    "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
+}
+"""SegFormer MiT-B0 / B2 (heads 1, 2, 5, 8): 3.7M / 27.4M parameters with 21 classes."""
+
+
+def second_stage_cases(
+    args: argparse.Namespace, dataset: MemoryDataset, sam: Any, device: Any
+) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """Open-mode cases: detector + SAM (live boxes) and the distilled segmenter alone."""
+    import tempfile
+
+    from co2sam.inference.sam import SamPredictor
+    from co2sam.inference.segmenter import SegmenterPredictor
+
+    cases: dict[str, Callable[[], Any]] = {}
+    notes: dict[str, str] = {}
+
+    def open_case(predictor: Any) -> Callable[[], Any]:
+        return lambda: evaluate_predictor(
+            predictor, dataset, modes=("open",), batch_size=1, progress=False
+        )
+
+    if args.detector != "none":
+        from common import build_prompter
+
+        folder = Path(tempfile.mkdtemp(prefix="co2sam-bench-"))
+        prompter = build_prompter(args.detector, args.size, device, folder)
+        # Random weights pass hundreds of boxes; a trained detector returns a few above its
+        # thresholds: keep the --boxes most confident (co2sam caps at prompts.max_boxes).
+        live = SamPredictor(
+            sam,
+            lambda sample: prompter(sample.image).top_k(args.boxes),
+            len(VOC_CLASSES),
+            autocast=False,
+        )
+        name = f"open: detector {args.detector} + SAM"
+        notes[name] = f"live boxes (all classes, top {args.boxes}), fp32"
+        cases[name] = open_case(live)
+    for kind in [kind for kind in args.segmenter.split(",") if kind not in ("", "none")]:
+        net = segformer(kind, len(VOC_CLASSES)).to(device).eval()
+        side = args.segmenter_size
+        predictor = SegmenterPredictor(net, scale=(4 * side, side), autocast=False)
+        name = f"open: segmenter {kind} @{side}"
+        parameters = sum(p.numel() for p in net.parameters()) / 1e6
+        cases[name], notes[name] = open_case(predictor), f"no boxes, {parameters:.1f}M, fp32"
+    return cases, notes
+
+
+def segformer(kind: str, num_labels: int) -> Any:
+    """A randomly initialised SegFormer of a real size (``b0``, ``b2``) or ``tiny``."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from co2sam.models.segmentation_net import SegmentationNet, build_net
+
+    names = [f"class{index}" for index in range(num_labels)]
+    if kind == "tiny":
+        return build_net("segformer", "tiny", names)
+    if kind not in SEGFORMER_SIZES:
+        raise ValueError(f"--segmenter takes tiny, b0, b2; got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = SegformerConfig(num_labels=num_labels, **SEGFORMER_SIZES[kind])
+        return SegmentationNet(SegformerForSemanticSegmentation(config), "segformer", names)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = common_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--images", type=int, default=8, help="images per evaluation pass")
@@ -113,6 +189,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--modes", default="label-guided", help="comma list of eval modes")
     parser.add_argument("--flops", action="store_true", help="count FLOPs and report MFU")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
+    parser.add_argument(
+        "--detector", default="none", choices=("none", "reduced", "swin_t", "swin_b"),
+        help="add an open-mode case: this random Grounding DINO, then SAM on its boxes",
+    )  # fmt: skip
+    parser.add_argument(
+        "--segmenter", default="none",
+        help="add open-mode cases: distilled SegFormers of these sizes alone (comma list of "
+        "tiny, b0, b2)",
+    )  # fmt: skip
+    parser.add_argument("--segmenter-size", type=int, default=512, help="its short side")
     args = parser.parse_args(argv)
     device = setup(args)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -145,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name = f"b{first} {precisions[0]} {att[precisions[0]]} compile"
         cases[name] = evaluation_case(compiled, dataset, first, "fp32", modes)
         notes[name] = "torch.compile encoder alone"
+    stage_cases, stage_notes = second_stage_cases(args, dataset, segmenter, device)
+    cases.update(stage_cases)
+    notes.update(stage_notes)
 
     names = list(cases)
     seconds = round_robin(
@@ -158,6 +247,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env.update(variant=args.variant, size=args.size, images=len(dataset), modes=list(modes))
     best = max((row for row in rows if row.images_per_s > 0), key=lambda row: row.images_per_s)
     env["best"] = best.name
+    by_name = {row.name: row for row in rows}
+    pipeline = next((name for name in stage_cases if name.startswith("open: detector")), None)
+    for alone in (name for name in stage_cases if name.startswith("open: segmenter")):
+        if pipeline and by_name[alone].ms_per_image > 0:
+            ratio = by_name[pipeline].ms_per_image / by_name[alone].ms_per_image
+            kind = alone.split()[2]
+            env[f"segmenter_{kind}_speedup_vs_detector_sam"] = round(ratio, 1)
     if args.flops:
         from torch.utils.flop_counter import FlopCounterMode
 

@@ -12,8 +12,8 @@ runner = CliRunner()
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    commands = ("demo", "train", "evaluate", "pseudo-labels", "predict", "boxes",
-                "import-boxes", "prepare", "check-data", "app")  # fmt: skip
+    commands = ("demo", "train", "evaluate", "pseudo-labels", "distill", "predict", "export",
+                "boxes", "import-boxes", "prepare", "check-data", "app")  # fmt: skip
     for command in commands:
         assert f" {command} " in result.output, command
 

@@ -212,6 +212,16 @@ def test_quick_demo_adaptation_improves_target_miou(tmp_path, seed):
     assert (out / "config.yaml").is_file() and (out / "before_after.png").is_file()
     assert (out / "train" / "last" / "adapter_model.safetensors").is_file()
     assert len(report["files"]["overlays"]) > 0
+    # The second stage: Co2SAM's pseudo-labels -> a SegFormer alone (no boxes, no labels).
+    # Measured (quick, seeds 0-4): its target open mIoU 88.3, 90.7, 89.1, 86.0, 83.9 against
+    # Co2SAM's 78.2, 82.3, 76.4, 78.5, 74.4 (margin 5.9 to 12.7 points).
+    second = saved["second_stage"]
+    segmenter_open = second["results"]["target"]["open"]["miou"]
+    assert segmenter_open >= saved["after"]["target"]["open"]["miou"]
+    assert 0 < second["pseudo_labels"]["miou_label_guided"] <= 1
+    assert second["distill_iterations"] == 150
+    assert all(value > 0 for value in second["speed"]["seconds_per_image"].values())
+    assert (tmp_path / "demo" / "second_stage" / "distill" / "best" / "model.safetensors").is_file()
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_run(tmp_path):

@@ -374,3 +374,46 @@ def test_reports_say_whether_best_was_chosen_on_the_evaluated_split(tmp_path):
     assert checkpoint_record(str(last), "val")["checkpoint"] == "last"
     assert "note" not in checkpoint_record(str(last), "val")
     assert checkpoint_record(None, "val") is None
+
+
+def _segmenter_folder(dataset, folder):
+    from co2sam.models.segmentation_net import build_net, save_net
+
+    torch.manual_seed(0)
+    net = build_net("segformer", "tiny", dataset.class_names)
+    return save_net(net.eval(), folder, {"eval": {"scale": [112, 40]}})
+
+
+def test_evaluate_command_runs_a_segmenter_alone_in_open_mode(data_root, dataset, tmp_path):
+    folder = _segmenter_folder(dataset, tmp_path / "best")
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+         "--data-root", str(data_root), "--segmenter", str(folder), "--out", str(out),
+         "--device", "cpu", "--tta"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "open mode" in output and "label-guided mode" not in output
+    report = json.loads((out / "report.json").read_text())
+    assert report["modes"] == ["open"] and report["predictor"] == "segmenter"
+    assert report["segmenter"] == str(folder) and "with flips" in report["segmenter_settings"]
+    assert "box_source" not in report and report["results"]["open"]["num_images"] == len(dataset)
+    assert 0 <= report["results"]["open"]["miou"] <= 1
+    for sample in dataset:
+        height, width = sample.mask.shape
+        _assert_palette_png(out / "open" / "predictions" / f"{sample.id}.png", (width, height))
+
+
+def test_evaluate_command_refuses_a_segmenter_of_other_classes(data_root, tmp_path):
+    from co2sam.models.segmentation_net import build_net, save_net
+
+    folder = save_net(build_net("segformer", "tiny", ["background", "x"]), tmp_path / "s", {})
+    arguments = ["evaluate", "--set", "data.dataset=synthetic", "--data-root", str(data_root)]
+    result = runner.invoke(app, [*arguments, "--segmenter", str(folder), "--device", "cpu"])
+    assert result.exit_code == 2 and "trained for classes" in " ".join(result.output.split())
+    mixed = runner.invoke(app, [*arguments, "--segmenter", str(folder), "--sam", "tiny"])
+    assert mixed.exit_code == 2 and "runs alone" in " ".join(mixed.output.split())
+    tta = runner.invoke(app, [*arguments, "--sam", "tiny", "--tta"])
+    assert tta.exit_code == 2 and "--segmenter only" in " ".join(tta.output.split())

@@ -144,3 +144,29 @@ def test_predict_segments_every_readable_image_and_keeps_clashing_names_apart(
     other = runner.invoke(app, [*args[:-4], "--out", str(out), "--device", "cpu",
                                 "--adapter", str(tmp_path / "x")])  # fmt: skip
     assert other.exit_code == 2 and "another run" in " ".join(other.output.split())
+
+
+def test_predict_command_with_a_segmenter_needs_no_boxes(image_folder, tmp_path):
+    import torch
+
+    from co2sam.models.segmentation_net import build_net, save_net
+
+    torch.manual_seed(0)
+    folder = save_net(build_net("segformer", "tiny", CLASSES), tmp_path / "best", {})
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["predict", str(image_folder), "--segmenter", str(folder), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    for stem, size in (("a", (50, 30)), ("b", (36, 44))):
+        with Image.open(out / "labels" / f"{stem}.png") as label:
+            assert label.mode == "P" and label.size == size
+            assert set(np.unique(np.array(label)).tolist()) <= {0, 1, 2}
+    details = json.loads((out / "details" / "a.json").read_text())
+    assert details["mode"] == "open" and details["predictor"] == "segmenter"
+    assert "boxes" not in details
+    assert sum(area["pixels"] for area in details["areas"].values()) == 50 * 30
+    refused = runner.invoke(
+        app, ["predict", str(image_folder), "--segmenter", str(folder), "--classes", "dog"]
+    )
+    assert refused.exit_code == 2 and "runs alone" in " ".join(refused.output.split())

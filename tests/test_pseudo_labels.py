@@ -91,3 +91,53 @@ def test_pseudo_labels_stop_on_a_corrupt_image_or_skip_it(tmp_path):
     report = json.loads((tmp_path / "pl/report.json").read_text())
     assert report["metrics"]["num_written"] == 2 and report["skipped"][0]["id"] == ids[2]
     assert (tmp_path / "pl/skipped.txt").read_text().startswith(ids[2])
+
+
+def test_confidences_and_their_quality_are_written(data_root, tmp_path):
+    config = load_config(None, ["data.dataset=synthetic", f"data.root={data_root}"])
+    dataset = build_dataset(config.data, "train")
+    metrics = export_pseudo_labels(
+        Segmenter(load_sam("tiny")), dataset, oracle_boxes, tmp_path / "pl", progress=False
+    )
+    for sample in dataset:
+        with Image.open(tmp_path / "pl" / "Confidence" / f"{sample.id}.png") as image:
+            assert image.mode == "L" and image.size == sample.mask.shape[::-1]
+    rows = metrics["confidence_quality"]
+    assert [row["min_confidence"] for row in rows] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    kept = [row["pixels_kept"] for row in rows]
+    assert all(0 <= value <= 1 for value in kept) and kept == sorted(kept, reverse=True)
+    none = export_pseudo_labels(
+        Segmenter(load_sam("tiny")), dataset, oracle_boxes, tmp_path / "none",
+        progress=False, confidence=False,
+    )  # fmt: skip
+    assert not (tmp_path / "none" / "Confidence").exists() and none["confidence_quality"] == []
+
+
+def test_pseudo_labels_report_their_quality_and_feed_distill(data_root, tmp_path):
+    out = tmp_path / "pseudo"
+    result = runner.invoke(
+        app,
+        ["pseudo-labels", "--set", "data.dataset=synthetic", "--set", "data.num_workers=0",
+         "--data-root", str(data_root), "--split", "train", "--sam", "tiny",
+         "--boxes", "oracle", "--out", str(out), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "pseudo-label quality" in output and "pseudo-label mIoU" in output
+    assert "pixels kept" in output
+    report = json.loads((out / "report.json").read_text())
+    quality = report["quality"]
+    assert quality["miou"] == report["metrics"]["miou"] and quality["num_images"] == 3
+    assert len(quality["by_min_confidence"]) == 5
+
+    from co2sam.distill.config import load_distill_config
+    from co2sam.distill.loop import distill
+
+    config = load_distill_config(None, [
+        "model.pretrained=tiny", "data.dataset=synthetic", f"data.root={data_root}",
+        "data.train_split=train", "data.num_workers=0", f"pseudo_labels.dir={out}",
+        "pseudo_labels.min_confidence=0.6", "augment.scale=[96,36]", "augment.crop_size=36",
+        "train.accelerator=cpu", "train.batch_size=2", "train.iterations=1",
+        "train.val_every=0", f"train.out_dir={tmp_path / 'run'}",
+    ])  # fmt: skip
+    assert distill(config, progress=False).step == 1

@@ -196,3 +196,36 @@ def test_reference_no_boxes_is_all_background():
         torch.zeros((0, 4, 4)), torch.zeros(0), torch.zeros(0), NUM_CLASSES, (6, 5), [1]
     )
     assert labels.shape == (6, 5) and labels.eq(0).all()
+
+
+def test_label_confidence_is_the_winning_claim_or_one_minus_the_strongest():
+    from co2sam.semantic import label_confidence
+
+    # box 1 (class 1, score 0.8) covers columns 0..1 with logit 2; box 2 (class 2, score
+    # 0.5) covers column 1..2 with logit 4; elsewhere logit -5.
+    logits = torch.stack(
+        [
+            _box_logits(1, 4, slice(None), slice(0, 2), 2.0),
+            _box_logits(1, 4, slice(None), slice(1, 3), 4.0),
+        ]
+    )
+    classes, scores = torch.tensor([1, 2]), torch.tensor([0.8, 0.5])
+    labels = semantic_map(logits, classes, scores, NUM_CLASSES)
+    assert labels.tolist() == [[1, 2, 2, 0]]  # column 1: 2 * 0.8 = 1.6 < 4 * 0.5 = 2.0
+    confidence = label_confidence(logits, classes, scores, labels, NUM_CLASSES)
+    claim = lambda logit, score: score * torch.sigmoid(torch.tensor(logit)).item()  # noqa: E731
+    expected = [
+        claim(2.0, 0.8),
+        claim(4.0, 0.5),
+        claim(4.0, 0.5),
+        1 - max(claim(-5.0, 0.8), claim(-5.0, 0.5)),
+    ]
+    assert confidence.shape == (1, 4) and confidence.dtype == torch.float32
+    assert confidence[0].tolist() == pytest.approx(expected)
+    # label-guided without class 2: its box no longer claims anything
+    guided = semantic_map(logits, classes, scores, NUM_CLASSES, allowed_classes=[1])
+    guided_confidence = label_confidence(logits, classes, scores, guided, NUM_CLASSES, [1])
+    assert guided.tolist() == [[1, 1, 0, 0]]
+    assert guided_confidence[0, 2].item() == pytest.approx(1 - claim(-5.0, 0.8))
+    nothing = label_confidence(logits[:0], classes[:0], scores[:0], labels * 0, NUM_CLASSES)
+    assert torch.equal(nothing, torch.ones(1, 4))

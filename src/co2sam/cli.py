@@ -29,7 +29,9 @@ from co2sam.commands import (  # noqa: E402
     boxes,
     check_data,
     demo,
+    distill,
     evaluate,
+    export,
     predict,
     prepare,
     pseudo_labels,
@@ -71,7 +73,9 @@ app.command("demo")(demo.demo)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("pseudo-labels")(pseudo_labels.pseudo_labels)
+app.command("distill")(distill.distill)
 app.command("predict")(predict.predict)
+app.command("export")(export.export)
 app.command("boxes")(boxes.boxes)
 app.command("import-boxes")(boxes.import_boxes)
 app.add_typer(prepare.prepare_app, name="prepare")

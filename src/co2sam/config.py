@@ -277,20 +277,11 @@ class EvalConfig:
         _check_choice("eval.compat", self.compat, ("paper", "reference"))
 
 
-@dataclass
-class Co2SamConfig:
-    """Everything a run needs; written resolved next to every run's outputs."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    prompts: PromptConfig = field(default_factory=PromptConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class SavedConfig:
+    """What every top-level config can do: become a dict and be written as YAML."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config as YAML (atomically) and return the path."""
@@ -302,6 +293,19 @@ class Co2SamConfig:
         return path
 
 
+@dataclass
+class Co2SamConfig(SavedConfig):
+    """Everything a run needs; written resolved next to every run's outputs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
 PRESETS = ("voc", "coco", "voc-reference", "coco-reference", "demo")
 
 
@@ -311,20 +315,28 @@ def preset_path(name: str) -> Path:
 
 
 def load_config(
-    config: str | Path | None = None, overrides: list[str] | None = None
-) -> Co2SamConfig:
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    schema: type = Co2SamConfig,
+    presets: tuple[str, ...] = PRESETS,
+    preset_prefix: str = "",
+) -> Any:
     """Build a config from a preset name or YAML file, then apply ``a.b=value`` overrides.
 
+    schema: the top-level dataclass (its fields are the sections); ``presets`` are the
+    names accepted for it, read from ``co2sam/configs/<preset_prefix><name>.yaml``
+    (``co2sam distill --config voc`` reads ``distill-voc.yaml``).
     Raises :class:`ConfigError` naming the file or key on any problem.
     """
     data: dict[str, Any] = {}
     if config is not None:
         path = Path(config)
-        if str(config) in PRESETS:
-            path = preset_path(str(config))
+        if str(config) in presets:
+            path = preset_path(preset_prefix + str(config))
         if not path.is_file():
             raise ConfigError(
-                f"config file not found: {config} (give a YAML path or one of {', '.join(PRESETS)})"
+                f"config file not found: {config} (give a YAML path or one of {', '.join(presets)})"
             )
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -341,18 +353,21 @@ def load_config(
         if not isinstance(data[section], dict):
             raise ConfigError(f"override {item!r}: {section} is not a section")
         data[section][name] = yaml.safe_load(raw) if raw.strip() else None
-    return from_dict(data)
+    return from_dict(data, schema)
 
 
-def from_dict(data: dict[str, Any]) -> Co2SamConfig:
-    """Build a :class:`Co2SamConfig` from nested dicts, rejecting unknown keys."""
+def from_dict(data: dict[str, Any], schema: type = Co2SamConfig) -> Any:
+    """Build a ``schema`` (default :class:`Co2SamConfig`) from nested dicts.
+
+    Unknown sections and keys are refused.
+    """
     sections = {}
-    hints = get_type_hints(Co2SamConfig)
+    hints = get_type_hints(schema)
     for name, values in data.items():
         if name not in hints:
             raise ConfigError(f"unknown config section {name!r}; known: {', '.join(hints)}")
         sections[name] = _build_section(name, hints[name], values or {})
-    return Co2SamConfig(**sections)
+    return schema(**sections)
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:

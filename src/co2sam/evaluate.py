@@ -1,34 +1,50 @@
-"""Evaluate a segmenter on a split: boxes -> masks -> label maps -> one confusion matrix.
+"""Evaluate a predictor on a split: label maps -> one confusion matrix -> metrics.
 
-:func:`evaluate_model` is a plain library function: the ``evaluate`` and
-``pseudo-labels`` commands call it, and so does training's per-epoch validation.
-Each image is segmented once; the label map is assembled for every requested mode
-from the same mask logits (SPEC.md, Inference):
+:func:`evaluate_predictor` takes any :class:`co2sam.inference.base.Predictor` (SAM with
+box prompts, or a trained segmenter alone); :func:`evaluate_model` is its SAM form,
+called by the ``evaluate`` and ``pseudo-labels`` commands and by training's per-epoch
+validation. Each image is segmented once; with SAM the label map is assembled for every
+requested mode from the same mask logits (SPEC.md, Inference):
 
 - ``label-guided``: only boxes of the image's ground-truth classes (the published
   protocol, and the one for pseudo-labels);
 - ``open``: every box (true test-time segmentation).
 
-``compat="reference"`` (``eval.compat``) assembles the label maps as the published
+``compat="reference"`` (``eval.compat``) assembles SAM's label maps as the published
 evaluation does instead (:func:`co2sam.semantic.reference_semantic_map`); the metrics
 are computed the same way in both.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from co2sam.inference.base import (
+    MODES,
+    autocast_context,
+    check_modes,
+    eval_mode,
+    model_device,
+    progress_bar,
+)
+from co2sam.inference.sam import SamPredictor
 from co2sam.metrics import ConfusionMatrix
-from co2sam.predict import autocast_context, box_mask_logits, label_map_of
 from co2sam.records import Boxes, Sample
 
-MODES = ("label-guided", "open")
+__all__ = [
+    "MODES",
+    "Prediction",
+    "autocast_context",
+    "evaluate_model",
+    "evaluate_predictor",
+    "modes_of",
+    "progress_bar",
+]
 
 
 @dataclass
@@ -36,13 +52,16 @@ class Prediction:
     """One image's label map in one mode, handed to ``on_prediction``.
 
     label_map: (H, W) int64 on the segmenter's device, original image frame.
-    boxes: the image's boxes (original frame), all of them (before label filtering).
+    boxes: the image's boxes (original frame), all of them (before label filtering);
+        empty for a segmenter.
+    confidence: (H, W) float32 in [0, 1] per-pixel confidence, when asked for.
     """
 
     sample: Sample
     mode: str
     label_map: torch.Tensor
     boxes: Boxes
+    confidence: torch.Tensor | None = None
 
 
 def modes_of(mode: str) -> tuple[str, ...]:
@@ -68,9 +87,10 @@ def evaluate_model(
     autocast: bool = True,
     num_workers: int = 0,
     reduce_across_processes: bool = False,
+    confidence: bool = False,
     compat: str = "paper",
 ) -> dict[str, dict[str, Any]]:
-    """Segment the images of ``dataset`` and score them against their masks.
+    """Segment the images of ``dataset`` with SAM and box prompts; score them against masks.
 
     Args:
         segmenter: a :class:`co2sam.sam.Segmenter` (plain SAM or with LoRA). Put in eval
@@ -88,6 +108,7 @@ def evaluate_model(
         reduce_across_processes: with torch.distributed initialised, sum the confusion
             matrices of all processes (each must evaluate its own shard of the split, and
             every process must call this).
+        confidence: also compute each pixel's confidence (``Prediction.confidence``).
         compat: ``paper`` (co2sam's assembly) or ``reference`` (the published one).
 
     Returns:
@@ -95,62 +116,85 @@ def evaluate_model(
         plus ``mode``, ``compat`` and ``num_images`` (images with a ground-truth mask).
         Without any mask the numbers are None.
     """
-    if compat not in ("paper", "reference"):
-        raise ValueError(f"compat must be paper or reference, got {compat!r}")
-    frame = "resized" if compat == "reference" else "original"
-    modes = tuple(modes)
-    for mode in modes:
-        modes_of(mode)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if device is not None:
         segmenter.to(device)
+    predictor = SamPredictor(
+        segmenter, boxes_fn, len(dataset.class_names), autocast=autocast, compat=compat
+    )
+    return evaluate_predictor(
+        predictor,
+        dataset,
+        modes=modes,
+        batch_size=batch_size,
+        limit=limit,
+        progress=progress,
+        on_prediction=on_prediction,
+        num_workers=num_workers,
+        reduce_across_processes=reduce_across_processes,
+        confidence=confidence,
+    )
+
+
+def evaluate_predictor(
+    predictor: Any,
+    dataset: Any,
+    *,
+    modes: Sequence[str] = MODES,
+    batch_size: int = 4,
+    limit: int | None = None,
+    progress: bool = True,
+    on_prediction: Callable[[Prediction], None] | None = None,
+    num_workers: int = 0,
+    reduce_across_processes: bool = False,
+    confidence: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Segment the images of ``dataset`` with any predictor and score them (one matrix).
+
+    predictor: a :class:`co2sam.inference.base.Predictor` (SAM with boxes, or a
+        segmenter); its model is put in eval mode for the call.
+    confidence: ask the predictor for per-pixel confidences (``Prediction.confidence``).
+    Other arguments and the result as in :func:`evaluate_model`.
+    """
+    modes = check_modes(modes)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(predictor.model)
     num_classes = len(dataset.class_names)
-    confusions = {mode: ConfusionMatrix(num_classes, device=segmenter.device) for mode in modes}
-    num_images = torch.zeros((), dtype=torch.int64, device=segmenter.device)
+    confusions = {mode: ConfusionMatrix(num_classes, device=device) for mode in modes}
+    num_images = torch.zeros((), dtype=torch.int64, device=device)
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list
     )
-    was_training = segmenter.training
-    segmenter.eval()
-    try:
-        with progress_bar(progress) as bar, torch.inference_mode():
-            task = bar.add_task("evaluate", total=len(dataset))
-            for batch in loader:
-                bar.advance(task, len(batch))
-                # Placeholders of unreadable files (co2sam.data.preflight) are skipped.
-                samples = [sample for sample in batch if sample.problem is None]
-                if not samples:
-                    continue
-                boxes = [boxes_fn(sample) for sample in samples]
-                with autocast_context(segmenter.device, autocast):
-                    logits = box_mask_logits(
-                        segmenter, [s.image for s in samples], boxes, frame=frame
-                    )
-                for sample, image_logits, image_boxes in zip(samples, logits, boxes, strict=True):
-                    target = None
-                    if sample.mask is not None:
-                        target = torch.from_numpy(sample.mask).to(segmenter.device)
-                        num_images += 1
-                    size = sample.image.shape[:2] if compat == "reference" else None
-                    for mode in modes:
-                        allowed = sample.labels if mode == "label-guided" else None
-                        label_map = label_map_of(
-                            image_logits, image_boxes, num_classes, allowed, reference_size=size
-                        )
-                        if target is not None:
-                            confusions[mode].update(label_map, target)
-                        if on_prediction is not None:
-                            on_prediction(Prediction(sample, mode, label_map, image_boxes))
-    finally:
-        segmenter.train(was_training)
+    with eval_mode(predictor.model), progress_bar(progress) as bar, torch.inference_mode():
+        task = bar.add_task("evaluate", total=len(dataset))
+        for batch in loader:
+            bar.advance(task, len(batch))
+            # Placeholders of unreadable files (co2sam.data.preflight) are skipped.
+            samples = [sample for sample in batch if sample.problem is None]
+            if not samples:
+                continue
+            outputs = predictor.predict(samples, modes, confidence=confidence)
+            for sample, output in zip(samples, outputs, strict=True):
+                target = None
+                if sample.mask is not None:
+                    target = torch.from_numpy(sample.mask).to(device)
+                    num_images += 1
+                for mode in modes:
+                    label_map = output.label_maps[mode]
+                    if target is not None:
+                        confusions[mode].update(label_map, target)
+                    if on_prediction is not None:
+                        score = None if output.confidences is None else output.confidences[mode]
+                        boxes = Boxes() if output.boxes is None else output.boxes
+                        on_prediction(Prediction(sample, mode, label_map, boxes, score))
     if reduce_across_processes:
         for confusion in confusions.values():
             confusion.all_reduce()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(num_images)
+    compat = getattr(predictor, "compat", "paper")
     return {
         mode: {
             **confusion.compute(),
@@ -160,12 +204,3 @@ def evaluate_model(
         }
         for mode, confusion in confusions.items()
     }
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar on stderr (a silent one when disabled)."""
-    from co2sam.progress import progress_bar as make_bar
-
-    with make_bar(enabled=enabled, transient=True) as bar:
-        yield bar

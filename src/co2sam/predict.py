@@ -1,8 +1,9 @@
-"""Segment images with box prompts: per-box mask logits, label maps, and the files of
-``co2sam predict`` (label PNG, colour overlay, per-class areas and boxes per image).
+"""The files of ``co2sam predict`` for any predictor: label PNG, colour overlay and
+per-class areas (and the box prompts, with SAM) per image.
 
-Boxes come from a detector (all class names at once, open mode), from a JSON file
-of boxes per image, or from a co2sam box cache. The JSON file looks like::
+With SAM, boxes come from a detector (all class names at once, open mode), from a JSON
+file of boxes per image, or from a co2sam box cache; a trained segmenter
+(``--segmenter``) needs none. The JSON file looks like::
 
     {"dog.jpg": [{"xyxy": [x0, y0, x1, y1], "class": "dog", "score": 0.9}, ...], ...}
 
@@ -16,7 +17,6 @@ share a stem in one run (``a.jpg`` and ``a.png``) keep their whole file name
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,94 +26,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from co2sam.records import Boxes
-from co2sam.semantic import reference_semantic_map, semantic_map
+from co2sam.inference.base import autocast_context, eval_mode, progress_bar
+from co2sam.inference.sam import box_mask_logits, label_map_of
+from co2sam.records import Boxes, Sample
+
+__all__ = [
+    "ImageResult",
+    "autocast_context",
+    "box_mask_logits",
+    "class_areas",
+    "label_map_of",
+    "list_images",
+    "output_names",
+    "predict_images",
+    "read_boxes_json",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def box_mask_logits(
-    segmenter: Any,
-    images: Sequence[np.ndarray],
-    boxes: Sequence[Boxes],
-    *,
-    frame: str = "original",
-) -> list[torch.Tensor]:
-    """Mask logits of every box of every image, at the original image size.
-
-    segmenter: a :class:`co2sam.sam.Segmenter` (any device; run under inference mode
-        and, on GPU, autocast if wanted). images: B (H, W, 3) uint8 RGB arrays (sizes
-        may differ). boxes: B :class:`Boxes`, XYXY in each image's original frame.
-    frame: ``original`` (H, W), or ``resized``: the model-input frame with the padding
-        cropped away, (h, w) with the longest side S (what the published evaluation
-        assembles its label map in, ``eval.compat: reference``).
-    Returns B float32 tensors (Ni, H, W) or (Ni, h, w) on the segmenter's device. One
-    encoder pass for the whole batch, one decoder pass for all boxes.
-    """
-    if frame not in ("original", "resized"):
-        raise ValueError(f"frame must be original or resized, got {frame!r}")
-    if len(images) != len(boxes):
-        raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
-    prepared = segmenter.preprocess(list(images))
-    embeddings = segmenter.encode(prepared.pixel_values)
-    scaled = [
-        segmenter.scale_boxes(image_boxes.xyxy, size)
-        for image_boxes, size in zip(boxes, prepared.original_sizes, strict=True)
-    ]
-    outputs = segmenter.decode(embeddings, scaled)
-    if frame == "resized":
-        return [
-            segmenter.upscale(output.low_res_logits.float())[:, : resized[0], : resized[1]]
-            for output, resized in zip(outputs, prepared.resized_sizes, strict=True)
-        ]
-    return [
-        segmenter.postprocess(output.low_res_logits.float(), resized, original)
-        for output, resized, original in zip(
-            outputs, prepared.resized_sizes, prepared.original_sizes, strict=True
-        )
-    ]
-
-
-def autocast_context(
-    device: torch.device, enabled: bool = True
-) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled, otherwise nothing (CPU runs in float32)."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def label_map_of(
-    mask_logits: torch.Tensor,
-    boxes: Boxes,
-    num_classes: int,
-    allowed_classes: Sequence[int] | None = None,
-    *,
-    reference_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """(H, W) int64 label map from (N, H, W) logits and the N boxes (see semantic.py).
-
-    reference_size: given, the logits are (N, h, w) in the resized frame and the map is
-    assembled as the published evaluation does (:func:`reference_semantic_map`) at this
-    (H, W) original size.
-    """
-    device = mask_logits.device
-    if reference_size is not None:
-        return reference_semantic_map(
-            mask_logits,
-            torch.from_numpy(boxes.classes).to(device),
-            torch.from_numpy(boxes.scores).to(device),
-            num_classes,
-            reference_size,
-            allowed_classes,
-        )
-    return semantic_map(
-        mask_logits,
-        torch.from_numpy(boxes.classes).to(device),
-        torch.from_numpy(boxes.scores).to(device),
-        num_classes,
-        allowed_classes,
-    )
 
 
 @dataclass
@@ -214,33 +143,33 @@ def class_areas(label_map: np.ndarray, class_names: Sequence[str]) -> dict[str, 
 
 
 def predict_images(
-    segmenter: Any,
+    predictor: Any,
     image_paths: Sequence[Path],
-    boxes_fn: Callable[[str, np.ndarray], Boxes],
     class_names: Sequence[str],
     out_dir: str | Path,
     *,
     allowed_classes: Sequence[int] | None = None,
     progress: bool = True,
-    autocast: bool = True,
     names: Mapping[Path, str] | None = None,
     on_unreadable: Callable[[Path, str], None] | None = None,
     on_result: Callable[[ImageResult], None] | None = None,
 ) -> list[ImageResult]:
     """Segment each image (open mode unless ``allowed_classes``) and write its files.
 
-    boxes_fn: (output name, (H, W, 3) uint8 image) -> Boxes in the original frame; the
-        name is the stem unless stems clash (:func:`output_names`).
-    names: output name per path (default :func:`output_names` of ``image_paths``).
+    predictor: a :class:`co2sam.inference.base.Predictor`, e.g. ``SamPredictor`` with a
+        box source keyed by output name (``Sample.id``), or ``SegmenterPredictor``.
+    allowed_classes: label-guided mode with these classes (1..C) for every image.
+    names: output name per path (default :func:`output_names` of ``image_paths``): the
+        stem unless stems clash; it is the ``id`` of the sample the predictor sees.
     on_unreadable: called with (path, reason) for an image that cannot be read; it is
         skipped and the others are segmented (default: a warning line on stderr).
     on_result: called after each image's files are written.
     Writes ``labels/<name>.png`` (VOC palette), ``overlays/<name>.png`` (image tinted by
-    class, boxes drawn) and ``details/<name>.json`` (per-class pixels and fraction,
-    boxes with class names and scores) under ``out_dir``.
+    class, boxes drawn) and ``details/<name>.json`` (mode, per-class pixels and fraction,
+    and the boxes with class names and scores when the predictor used boxes) under
+    ``out_dir``.
     """
     from co2sam.data.image_io import DatasetError, read_image
-    from co2sam.progress import progress_bar
     from co2sam.visualize import overlay, save_image, save_label_png
 
     names = names or output_names(image_paths)
@@ -253,59 +182,60 @@ def predict_images(
             warn.add(str(path), str(path), reason)
 
     out_dir = Path(out_dir)
+    mode = "open" if allowed_classes is None else "label-guided"
+    labels = sorted(int(c) for c in allowed_classes or [])
     results = []
-    was_training = segmenter.training
-    segmenter.eval()
-    try:
-        with progress_bar(enabled=progress, transient=True) as bar:
-            task = bar.add_task("predict", total=len(image_paths))
-            for image_path in image_paths:
-                bar.advance(task)
-                try:
-                    image = read_image(image_path)
-                except DatasetError as error:
-                    on_unreadable(image_path, str(error))
-                    continue
-                stem = names[image_path]
-                boxes = boxes_fn(stem, image)
-                with torch.inference_mode(), autocast_context(segmenter.device, autocast):
-                    logits = box_mask_logits(segmenter, [image], [boxes])[0]
-                    label = label_map_of(logits, boxes, len(class_names), allowed_classes)
-                label_array = label.cpu().numpy().astype(np.uint8)
-                areas = class_areas(label_array, class_names)
-                details = {
-                    "image": str(image_path),
-                    "size": {"height": image.shape[0], "width": image.shape[1]},
-                    "areas": areas,
-                    "boxes": [
-                        {
-                            "xyxy": [round(float(v), 2) for v in box],
-                            "class": class_names[int(cls)],
-                            "class_index": int(cls),
-                            "score": round(float(score), 5),
-                        }
-                        for box, cls, score in zip(
-                            boxes.xyxy, boxes.classes, boxes.scores, strict=True
-                        )
-                    ],
-                }
-                details_path = out_dir / "details" / f"{stem}.json"
-                details_path.parent.mkdir(parents=True, exist_ok=True)
-                details_path.write_text(json.dumps(details, indent=2) + "\n")
-                result = ImageResult(
-                    image=image_path,
-                    label_png=save_label_png(out_dir / "labels" / f"{stem}.png", label_array),
-                    overlay_png=save_image(
-                        out_dir / "overlays" / f"{stem}.png",
-                        overlay(image, label_array, boxes=boxes, class_names=class_names),
-                    ),
-                    details_json=details_path,
-                    areas=areas,
-                    name=stem,
-                )
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
-    finally:
-        segmenter.train(was_training)
+    with eval_mode(predictor.model), progress_bar(progress) as bar:
+        task = bar.add_task("predict", total=len(image_paths))
+        for image_path in image_paths:
+            bar.advance(task)
+            try:
+                image = read_image(image_path)
+            except DatasetError as error:
+                on_unreadable(image_path, str(error))
+                continue
+            name = names[image_path]
+            sample = Sample(image=image, mask=None, labels=labels, id=name)
+            with torch.inference_mode():
+                output = predictor.predict([sample], (mode,))[0]
+            label_array = output.label_maps[mode].cpu().numpy().astype(np.uint8)
+            areas = class_areas(label_array, class_names)
+            details: dict[str, Any] = {
+                "image": str(image_path),
+                "size": {"height": image.shape[0], "width": image.shape[1]},
+                "mode": mode,
+                "predictor": predictor.name,
+                "areas": areas,
+            }
+            if output.boxes is not None:
+                details["boxes"] = _box_records(output.boxes, class_names)
+            details_path = out_dir / "details" / f"{name}.json"
+            details_path.parent.mkdir(parents=True, exist_ok=True)
+            details_path.write_text(json.dumps(details, indent=2) + "\n")
+            result = ImageResult(
+                image=image_path,
+                label_png=save_label_png(out_dir / "labels" / f"{name}.png", label_array),
+                overlay_png=save_image(
+                    out_dir / "overlays" / f"{name}.png",
+                    overlay(image, label_array, boxes=output.boxes, class_names=class_names),
+                ),
+                details_json=details_path,
+                areas=areas,
+                name=name,
+            )
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     return results
+
+
+def _box_records(boxes: Boxes, class_names: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "xyxy": [round(float(v), 2) for v in box],
+            "class": class_names[int(cls)],
+            "class_index": int(cls),
+            "score": round(float(score), 5),
+        }
+        for box, cls, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True)
+    ]

@@ -214,3 +214,47 @@ def reference_semantic_map(
         stack[~keep] = 0.0
     index = stack.argmax(dim=0)  # first maximum on ties, as numpy's argmax
     return torch.where(index == objects, torch.zeros_like(index), index + 1)
+
+
+def label_confidence(
+    mask_logits: torch.Tensor,
+    box_classes: torch.Tensor,
+    box_scores: torch.Tensor,
+    label_map: torch.Tensor,
+    num_classes: int,
+    allowed_classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """How strongly the box prompts back each pixel's label, in [0, 1].
+
+    A box's *claim* on a pixel is its detector confidence times its mask probability,
+    ``s_i * sigmoid(M_i)``. Then:
+
+    - a pixel labelled with class c > 0: the largest claim of the boxes of class c;
+    - a background pixel: 1 - the largest claim of any box (1 where there is no box).
+
+    Args:
+        mask_logits, box_classes, box_scores, num_classes, allowed_classes: as given to
+            :func:`semantic_map` (label-guided mode drops the other classes' boxes).
+        label_map: (H, W) int64, the map :func:`semantic_map` made from them.
+
+    Returns:
+        (H, W) float32 on the device of ``mask_logits``.
+    """
+    mask_logits, box_classes, box_scores = _filtered(
+        mask_logits, box_classes, box_scores, num_classes, allowed_classes
+    )
+    height, width = mask_logits.shape[-2:]
+    device = mask_logits.device
+    if len(box_classes) == 0:
+        return torch.ones((height, width), dtype=torch.float32, device=device)
+    claims = torch.sigmoid(mask_logits.float()) * box_scores.float()[:, None, None]
+    present, compact_index = torch.unique(box_classes, sorted=True, return_inverse=True)
+    per_class = claims.new_zeros((len(present), height, width))
+    index = compact_index[:, None, None].expand_as(claims)
+    per_class.scatter_reduce_(0, index, claims, reduce="amax", include_self=True)
+    lookup = torch.full((num_classes,), -1, dtype=torch.int64, device=device)
+    lookup[present] = torch.arange(len(present), device=device)
+    label_index = lookup[label_map]
+    foreground = (label_map != BACKGROUND) & (label_index >= 0)
+    label_claim = per_class.gather(0, label_index.clamp(min=0)[None])[0]
+    return torch.where(foreground, label_claim, 1.0 - per_class.max(dim=0).values)

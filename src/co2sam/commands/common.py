@@ -41,12 +41,16 @@ def resolve_config(
     ``flags`` maps dotted keys to values; ``None`` values (flag not given) are skipped.
     Exits with a clear message on a bad config.
     """
-    extra = [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
     try:
-        return load_config(config, list(overrides or []) + extra)
+        return load_config(config, list(overrides or []) + flag_overrides(flags))
     except ConfigError as error:
         fail(str(error))
         raise  # unreachable: fail exits
+
+
+def flag_overrides(flags: dict[str, object]) -> list[str]:
+    """``{"a.b": value}`` -> ``["a.b=value"]`` (YAML values); ``None`` values skipped."""
+    return [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
 
 
 def fail(message: str, code: int = 2) -> None:

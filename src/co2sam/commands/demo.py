@@ -31,6 +31,11 @@ def demo(
     ),
     overrides: list[str] | None = SetOption,
     progress: bool = typer.Option(True, help="Show a progress bar while training."),
+    second_stage: bool = typer.Option(
+        True,
+        "--second-stage/--no-second-stage",
+        help="Also distill Co2SAM's pseudo-labels into a SegFormer and time it beside Co2SAM.",
+    ),
 ) -> None:
     """Adapt a small pretrained SAM to a shifted domain, and report before and after.
 
@@ -64,6 +69,7 @@ def demo(
                 overrides=overrides,
                 console=console,
                 progress=progress,
+                second_stage=second_stage,
             )
         except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as error:
             fail(str(error))

@@ -8,7 +8,14 @@ from typing import Any
 
 import typer
 
-from co2sam.commands.common import SAM_HELP, ConfigOption, SetOption, console, resolve_config
+from co2sam.commands.common import (
+    SAM_HELP,
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    resolve_config,
+)
 from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
 
 
@@ -52,13 +59,32 @@ def evaluate(
     skip_bad: bool = SkipBadOption,
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
+    segmenter: Path | None = typer.Option(
+        None,
+        "--segmenter",
+        help="Evaluate a `co2sam distill` segmenter folder alone instead of SAM (no boxes; "
+        "open mode unless --mode).",
+    ),
+    tta: bool | None = typer.Option(
+        None,
+        "--tta/--no-tta",
+        help="With --segmenter: multi-scale + flip test-time augmentation (default: as the "
+        "run recorded, off in the presets).",
+    ),
 ) -> None:
-    """Evaluate SAM (+ adapter) on a split: mIoU table, report.json, PNG predictions.
+    """Evaluate SAM (+ adapter) or a distilled segmenter on a split: mIoU table,
+    report.json, PNG predictions.
 
     Resumable: the same command on the same output folder continues where it stopped.
     With --devices N (--num-nodes M) every process segments its share of the split and
     the confusion matrix is summed over all of them.
     """
+    if segmenter is not None:
+        if adapter or sam or boxes or detector:
+            fail("--segmenter runs alone: drop --adapter, --sam, --boxes and --detector")
+        mode = mode or "open"
+    elif tta is not None:
+        fail("--tta applies to --segmenter only")
     cfg = resolve_config(
         config,
         overrides,
@@ -84,6 +110,8 @@ def evaluate(
         overwrite=overwrite,
         devices=devices,
         num_nodes=num_nodes,
+        segmenter=segmenter,
+        tta=tta,
     )
 
 
@@ -100,13 +128,19 @@ def run_evaluation(
     overwrite: bool = False,
     devices: int | None = None,
     num_nodes: int | None = None,
+    segmenter: Path | None = None,
+    tta: bool | None = None,
 ) -> dict[str, Any] | None:
     """The body of ``co2sam evaluate`` for a resolved config; returns the report (main
-    process; None on the others)."""
+    process; None on the others).
+
+    segmenter: a ``co2sam distill`` segmenter folder to evaluate instead of SAM + boxes.
+    """
     from co2sam.commands.inference import (
         box_source_record,
         checkpoint_record,
         default_out_dir,
+        fingerprint,
         identity_of,
         segment_split,
         split_results,
@@ -119,8 +153,18 @@ def run_evaluation(
 
     split = cfg.eval.split
     modes = modes_of(cfg.eval.mode)
-    out_dir = Path(cfg.eval.out_dir or default_out_dir("eval", cfg, split))
+    out_dir = Path(cfg.eval.out_dir or default_out_dir("eval", cfg, split, segmenter=segmenter))
     identity = identity_of("evaluate", cfg, split, sam, boxes)
+    if segmenter is not None:
+        identity = {
+            "command": "evaluate",
+            "dataset": cfg.data.dataset,
+            "data_root": identity["data_root"],
+            "split": split,
+            "segmenter": str(Path(segmenter).resolve()),
+            "segmenter_sha256": fingerprint(Path(segmenter) / "model.safetensors"),
+            "tta": tta,
+        }
     identity.update(
         modes=list(modes),
         eval_compat=cfg.eval.compat,
@@ -140,6 +184,8 @@ def run_evaluation(
             overwrite=overwrite,
             devices=devices,
             num_nodes=num_nodes,
+            segmenter=segmenter,
+            tta=tta,
         )
         dataset, source = run.dataset, run.source
         label_folders = (
@@ -157,14 +203,31 @@ def run_evaluation(
             if test_mode is not None:
                 test_writer(prediction)
 
-        checkpoint = checkpoint_record(cfg.model.adapter, split)
+        checkpoint = None if source is None else checkpoint_record(cfg.model.adapter, split)
+        if source is None:
+            described, origin = run.base, f"segmenter {run.predictor.model.architecture}"
+            record: dict[str, Any] = {
+                "predictor": "segmenter",
+                "segmenter": str(segmenter),
+                "segmenter_settings": run.predictor.describe(),
+            }
+        else:
+            adapter = f" + adapter {cfg.model.adapter}" if cfg.model.adapter else ""
+            described = f"{run.base}{adapter}; boxes: {source.description}"
+            origin = f"boxes: {source.origin}"
+            record = {
+                "predictor": "sam",
+                "sam": run.base,
+                "adapter": cfg.model.adapter,
+                "checkpoint": checkpoint,
+                "eval_compat": cfg.eval.compat,
+                "box_source": box_source_record(source),
+            }
         if run.processes.is_main:
+            processes = run.processes.world_size if run.processes.distributed else 0
             console.print(
                 f"evaluating {split} ({len(dataset)} images"
-                f"{f', {run.processes.world_size} processes' if run.processes.distributed else ''})"
-                f" with {run.base}"
-                f"{f' + adapter {cfg.model.adapter}' if cfg.model.adapter else ''}; "
-                f"boxes: {source.description}"
+                f"{f', {processes} processes' if processes else ''}) with {described}"
             )
             if checkpoint is not None and checkpoint.get("checkpoint") in ("best", "last"):
                 console.print(
@@ -182,11 +245,7 @@ def run_evaluation(
         report = {
             "split": split,
             "modes": list(modes),
-            "sam": run.base,
-            "adapter": cfg.model.adapter,
-            "checkpoint": checkpoint,
-            "eval_compat": cfg.eval.compat,
-            "box_source": box_source_record(source),
+            **record,
             "miou_convention": "miou: mean IoU over classes present in the ground truth (WSSS); "
             "miou_macro: torchmetrics MulticlassJaccardIndex macro (classes in GT or prediction)",
             "class_names": list(dataset.class_names),
@@ -199,8 +258,8 @@ def run_evaluation(
             if metrics["num_images"] == 0:
                 console.print(f"[yellow]{split} has no ground-truth masks: no {mode} metrics[/]")
                 continue
-            title = f"{split} — {mode} mode — boxes: {source.origin}"
-            if cfg.eval.compat == "reference":
+            title = f"{split} — {mode} mode — {origin}"
+            if source is not None and cfg.eval.compat == "reference":
                 title += " — published evaluation's assembly (eval.compat=reference)"
             console.print(metrics_table(metrics, dataset.class_names, title))
             confusion_matrix_figure(

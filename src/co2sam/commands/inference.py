@@ -64,6 +64,22 @@ def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[A
     return segmenter_for(model).to(device).eval(), base
 
 
+def load_segmenter_folder(folder: Path, device: Any, *, tta: bool | None = None) -> Any:
+    """The predictor of a ``co2sam distill`` segmenter folder and its metadata (exits on
+    a bad folder); ``tta`` None keeps the test-time augmentation the run recorded."""
+    from transformers.utils import logging as transformers_logging
+
+    from co2sam.inference.segmenter import load_segmenter_predictor
+    from co2sam.models.segmentation_net import SegmentationNetError
+
+    transformers_logging.disable_progress_bar()
+    try:
+        return load_segmenter_predictor(folder, device, tta=tta)
+    except SegmentationNetError as error:
+        fail(str(error))
+        raise
+
+
 def _adapter_base(adapter: str) -> str:
     from co2sam.models.adapter_io import read_adapter_metadata
 
@@ -152,26 +168,32 @@ class SplitRun:
     dataset: Any
     """The images of the run (``eval.limit`` applied, bad files left out or guarded)."""
     source: Any
-    """``Sample -> Boxes`` (a ``prompts.BoxSource``; placeholders get no box)."""
-    segmenter: Any
+    """``Sample -> Boxes`` (a ``prompts.BoxSource``; placeholders get no box); None for a
+    segmenter, which needs no box."""
+    predictor: Any
+    """The :class:`co2sam.inference.base.Predictor` (SAM over ``source``, or a segmenter)."""
     base: str
+    """What segments: the SAM source, or the segmenter folder and its settings."""
     folder: Any
     """The claimed :class:`co2sam.output_folder.OutputFolder`."""
     out_dir: Path
     skipped_file: Path
 
 
-def default_out_dir(kind: str, cfg: Any, split: str) -> Path:
+def default_out_dir(kind: str, cfg: Any, split: str, *, segmenter: Path | None = None) -> Path:
     """``runs/<kind>/<dataset>-<split>/<model>``: one folder per data, split and model.
 
-    ``<model>`` is the adapter folder's last two parts (``voc-best``) or
-    ``plain-<SAM name>``; ``<dataset>`` the dataset kind (voc, coco) or, for folder and
-    generated data, the root folder's name.
+    ``<model>`` is the adapter folder's last two parts (``voc-best``), ``plain-<SAM
+    name>``, or ``segmenter-`` and a segmenter folder's last two parts; ``<dataset>`` the
+    dataset kind (voc, coco) or, for folder and generated data, the root folder's name.
     """
     data = cfg.data.dataset
     if data in ("folder", "synthetic"):
         data = Path(cfg.data.root).resolve().name or data
-    if cfg.model.adapter:
+    if segmenter is not None:
+        folder = Path(segmenter).resolve()
+        model = "segmenter-" + "-".join(p for p in (folder.parent.name, folder.name) if p)
+    elif cfg.model.adapter:
         adapter = Path(cfg.model.adapter).resolve()
         model = "-".join(part for part in (adapter.parent.name, adapter.name) if part)
     else:
@@ -240,8 +262,13 @@ def start_split_run(
     overwrite: bool,
     devices: int | None,
     num_nodes: int | None,
+    segmenter: Path | None = None,
+    tta: bool | None = None,
 ) -> SplitRun:
-    """Steps 1-3 of the module docstring, then the box source and the model."""
+    """Steps 1-3 of the module docstring, then the box source and the model.
+
+    segmenter: a ``co2sam distill`` segmenter folder to run instead of SAM + boxes.
+    """
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
     from co2sam.output_folder import OutputFolder, OutputFolderError
 
@@ -260,14 +287,28 @@ def start_split_run(
     skipped_file = out_dir / SKIPPED_FILE
     try:
         dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
-        source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
-        segmenter, base = load_segmenter(
-            sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
-        )
+        if segmenter is not None:
+            predictor, metadata = load_segmenter_folder(segmenter, device, tta=tta)
+            if list(metadata["class_names"]) != list(dataset.class_names):
+                fail(
+                    f"{segmenter} was trained for classes {metadata['class_names']} but split "
+                    f"{split} has {list(dataset.class_names)}; use it on its own dataset"
+                )
+            source, base = None, f"segmenter {segmenter} ({predictor.describe()})"
+        else:
+            from co2sam.inference.sam import SamPredictor
+
+            source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
+            model, base = load_segmenter(
+                sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
+            )
+            predictor = SamPredictor(
+                model, source, len(dataset.class_names), compat=cfg.eval.compat
+            )
     except BaseException:
         folder.close()  # release the folder's lock (a refused run ends here)
         raise
-    return SplitRun(processes, dataset, source, segmenter, base, folder, out_dir, skipped_file)
+    return SplitRun(processes, dataset, source, predictor, base, folder, out_dir, skipped_file)
 
 
 def segment_split(
@@ -276,13 +317,16 @@ def segment_split(
     *,
     modes: Sequence[str],
     on_prediction: Callable[[Any], None],
+    confidence: bool = False,
 ) -> int:
     """Step 4: this process segments its share of what is not done; returns how many.
+
+    confidence: the predictions carry per-pixel confidences (pseudo-labels).
 
     Closes the output folder (its lock and log) when done or failed.
     """
     from co2sam.data.preflight import SplitSubset
-    from co2sam.evaluate import evaluate_model
+    from co2sam.evaluate import evaluate_predictor
 
     done = run.folder.done
     todo = [index for index, image_id in enumerate(run.dataset.ids) if image_id not in done]
@@ -295,16 +339,15 @@ def segment_split(
         console.print(f"resuming: {len(run.dataset) - len(todo)} of {len(run.dataset)} images done")
     recorder = _Recorder(run.folder, modes, len(run.dataset.class_names), on_prediction)
     try:
-        evaluate_model(
-            run.segmenter,
+        evaluate_predictor(
+            run.predictor,
             SplitSubset(run.dataset, mine),
-            run.source,
             modes=modes,
             batch_size=cfg.eval.batch_size,
             progress=run.processes.is_main,
             on_prediction=recorder,
             num_workers=cfg.data.num_workers,
-            compat=cfg.eval.compat,
+            confidence=confidence,
         )
     finally:
         run.folder.close()

@@ -1,4 +1,5 @@
-"""``co2sam predict``: segment an image or a folder of images (open mode)."""
+"""``co2sam predict``: segment an image or a folder of images (open mode), with SAM and
+box prompts or with a distilled segmenter alone."""
 
 from __future__ import annotations
 
@@ -47,23 +48,49 @@ def predict(
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
+    segmenter: Path | None = typer.Option(
+        None,
+        "--segmenter",
+        help="A `co2sam distill` segmenter folder: runs alone (open mode; no boxes, no "
+        "detector, classes from the folder).",
+    ),
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="With --segmenter: multi-scale + flip test-time augmentation."
+    ),
 ) -> None:
-    """Label PNG, colour overlay and per-class areas (JSON) for each image.
+    """Label PNG, colour overlay and per-class areas (JSON) for each image (open mode).
 
     A folder: every readable image is segmented and the unreadable ones are listed (and
     kept in OUT/skipped.txt). Resumable: the same command on the same folder continues.
     With --devices N (--num-nodes M) the images are shared among the processes.
     """
-    from co2sam.commands.inference import fingerprint, load_segmenter, resolve_device
+    from co2sam.commands.inference import (
+        fingerprint,
+        load_segmenter,
+        load_segmenter_folder,
+        resolve_device,
+    )
     from co2sam.data.preflight import SKIPPED_FILE, SkipLog
+    from co2sam.inference.sam import SamPredictor
     from co2sam.models.adapter_io import WEIGHTS_FILE
     from co2sam.output_folder import OutputFolder, OutputFolderError
     from co2sam.predict import list_images, output_names, predict_images
 
-    if (detector is None) == (boxes is None):
+    if segmenter is not None:
+        if detector or boxes or sam or adapter or classes:
+            fail(
+                "--segmenter runs alone: drop --detector, --boxes, --sam, --adapter and "
+                "--classes (its classes are the ones it was trained on)"
+            )
+    elif (detector is None) == (boxes is None):
         fail("give exactly one box source: --detector ID_OR_FOLDER or --boxes FILE")
+    elif tta is not None:
+        fail("--tta applies to --segmenter only")
     cfg = resolve_config(config, overrides, **{"model.adapter": adapter, "eval.device": device})
-    class_names = _class_names(cfg, classes, config)
+    if segmenter is not None:
+        class_names = _segmenter_classes(segmenter)
+    else:
+        class_names = _class_names(cfg, classes, config)
     try:
         image_paths = list_images(images)
         names = output_names(image_paths)
@@ -85,6 +112,12 @@ def predict(
         "boxes_sha256": fingerprint(boxes) if boxes else None,
         "max_boxes": cfg.prompts.max_boxes,
     }
+    if segmenter is not None:
+        identity.update(
+            segmenter=str(segmenter.resolve()),
+            segmenter_sha256=fingerprint(segmenter / "model.safetensors"),
+            tta=tta,
+        )
     with output_errors(out):
         folder = OutputFolder(
             out, identity, outputs=PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
@@ -96,17 +129,24 @@ def predict(
         try:
             done = folder.done
             todo = processes.shard([path for path in image_paths if names[path] not in done])
-            if processes.distributed:
-                cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
-            boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
             device_used = (
                 processes.device if processes.distributed else resolve_device(cfg.eval.device)
             )
-            segmenter, base = load_segmenter(
-                sam or (None if cfg.model.adapter else cfg.model.sam),
-                cfg.model.adapter,
-                device_used,
-            )
+            if segmenter is not None:
+                predictor, _ = load_segmenter_folder(segmenter, device_used, tta=tta)
+                base = f"segmenter {segmenter} ({predictor.describe()})"
+            else:
+                if processes.distributed:
+                    cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
+                boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
+                model, base = load_segmenter(
+                    sam or (None if cfg.model.adapter else cfg.model.sam),
+                    cfg.model.adapter,
+                    device_used,
+                )
+                predictor = SamPredictor(
+                    model, lambda sample: boxes_fn(sample.id, sample.image), len(class_names)
+                )
             skipped = SkipLog(out / SKIPPED_FILE)
 
             def on_result(result: Any) -> None:
@@ -119,9 +159,8 @@ def predict(
                 console.print(f"{result.image.name}: {found or 'background only'}")
 
             predict_images(
-                segmenter,
+                predictor,
                 todo,
-                boxes_fn,
                 class_names,
                 out,
                 names=names,
@@ -145,6 +184,17 @@ def predict(
     if not segmented:
         fail(f"no image of {images} could be read (see {out / SKIPPED_FILE})")
     console.print(f"{segmented} image(s) segmented with {base}; outputs in {out}")
+
+
+def _segmenter_classes(folder: Path) -> tuple[str, ...]:
+    """The class names a segmenter folder was trained for (exits on a bad folder)."""
+    from co2sam.models.segmentation_net import SegmentationNetError, read_net_metadata
+
+    try:
+        return tuple(read_net_metadata(folder)["class_names"])
+    except SegmentationNetError as error:
+        fail(str(error))
+        raise
 
 
 def _class_names(cfg: Any, classes: str | None, config: str | None) -> tuple[str, ...]:

@@ -17,7 +17,13 @@ from co2sam.commands.common import (
 )
 from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
 
-PSEUDO_LABEL_OUTPUTS = ("SegmentationClass", "ImageSets", "report.json", "skipped.txt")
+PSEUDO_LABEL_OUTPUTS = (
+    "SegmentationClass",
+    "Confidence",
+    "ImageSets",
+    "report.json",
+    "skipped.txt",
+)
 """What ``pseudo-labels`` writes in its folder (``--overwrite`` clears these)."""
 
 
@@ -53,11 +59,18 @@ def pseudo_labels(
     skip_bad: bool = SkipBadOption,
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
+    confidence: bool = typer.Option(
+        True,
+        "--confidence/--no-confidence",
+        help="Also write Confidence/<id>.png (for `co2sam distill --min-confidence`).",
+    ),
 ) -> None:
-    """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter.
+    """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter (`co2sam distill`).
 
-    Label-guided by default; scored against the ground truth when the split has masks.
-    Resumable, and sharded over --devices N (--num-nodes M) like evaluate.
+    Label-guided by default. When the split has masks (VOC train_aug does), prints and
+    writes their quality: mIoU against the ground truth, and per confidence threshold the
+    share of pixels kept and their mIoU. Resumable, and sharded over --devices N
+    (--num-nodes M) like evaluate.
     """
     if mode not in ("label-guided", "open"):
         fail(f"--mode must be label-guided or open, got {mode!r}")
@@ -84,6 +97,7 @@ def pseudo_labels(
         overwrite=overwrite,
         devices=devices,
         num_nodes=num_nodes,
+        confidence=confidence,
     )
 
 
@@ -98,6 +112,7 @@ def run_pseudo_labels(
     overwrite: bool = False,
     devices: int | None = None,
     num_nodes: int | None = None,
+    confidence: bool = True,
 ) -> dict[str, Any] | None:
     """The body of ``co2sam pseudo-labels`` for a resolved config; returns the report
     (main process; None on the others)."""
@@ -110,12 +125,17 @@ def run_pseudo_labels(
         start_split_run,
     )
     from co2sam.metrics import metrics_table, write_report
-    from co2sam.pseudo_labels import PredictionWriter, write_split_list
+    from co2sam.pseudo_labels import (
+        PredictionWriter,
+        confidence_quality_of_folder,
+        write_split_list,
+    )
 
     split = split or cfg.data.train_split
     out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split))
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
-    identity.update(mode=mode, eval_compat=cfg.eval.compat)
+    confidence = confidence and cfg.eval.compat == "paper"  # reference maps carry none
+    identity.update(mode=mode, eval_compat=cfg.eval.compat, confidence=confidence)
     with output_errors(out_dir):
         run = start_split_run(
             cfg,
@@ -136,13 +156,18 @@ def run_pseudo_labels(
                 f"pseudo-labels for {split} ({len(dataset)} images), {mode} mode, "
                 f"boxes: {source.description}"
             )
-        segment_split(run, cfg, modes=(mode,), on_prediction=PredictionWriter({mode: label_folder}))
+        confidence_folders = {mode: out_dir / "Confidence"} if confidence else {}
+        writer = PredictionWriter({mode: label_folder}, confidence_folders=confidence_folders)
+        segment_split(run, cfg, modes=(mode,), on_prediction=writer, confidence=confidence)
         if not run.processes.is_main:
             return None
         results, written, skipped = split_results(run, (mode,))
         write_split_list(out_dir, split, written)
         metrics = {**results[mode], "label_folder": str(label_folder), "num_written": len(written)}
         metrics["compat"] = cfg.eval.compat
+        metrics["confidence_quality"] = (
+            confidence_quality_of_folder(dataset, out_dir, written) if confidence else []
+        )
         report = {
             "split": split,
             "mode": mode,
@@ -152,13 +177,23 @@ def run_pseudo_labels(
             "box_source": box_source_record(source),
             "class_names": list(dataset.class_names),
             "metrics": metrics,
+            "quality": _quality_summary(metrics),
             "skipped": skipped,
             "config": cfg.to_dict(),
         }
         write_report(out_dir / "report.json", report)
     if metrics["num_images"]:
-        title = f"pseudo-labels {split} vs. ground truth — {mode} mode — boxes: {source.origin}"
+        title = (
+            f"pseudo-label quality: {split} vs. its ground-truth masks — {mode} mode — "
+            f"boxes: {source.origin}"
+        )
         console.print(metrics_table(metrics, dataset.class_names, title))
+        if metrics["confidence_quality"]:
+            console.print(_confidence_table(metrics["confidence_quality"]))
+        console.print(
+            f"pseudo-label mIoU {100 * metrics['miou']:.1f} ({mode} mode, "
+            f"{metrics['num_images']} images)"
+        )
     if skipped:
         console.print(
             f"[yellow]{len(skipped)} image(s) skipped (unreadable files): "
@@ -166,3 +201,35 @@ def run_pseudo_labels(
         )
     console.print(f"{metrics['num_written']} pseudo-labels in {metrics['label_folder']}")
     return report
+
+
+def _quality_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``quality`` section: the WSSS mask-quality number and its breakdown."""
+    return {
+        "description": "mIoU of the pseudo-labels against the split's ground-truth masks "
+        "(the WSSS pseudo-label / mask quality), and per min_confidence the share of "
+        "labelled pixels kept with their mIoU and pixel accuracy",
+        "miou": metrics["miou"],
+        "num_images": metrics["num_images"],
+        "by_min_confidence": metrics.get("confidence_quality", []),
+    }
+
+
+def _confidence_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="pseudo-labels kept above a confidence (pseudo_labels.min_confidence)")
+    for column in ("min confidence", "pixels kept", "mIoU of kept", "accuracy of kept"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row['min_confidence']:.1f}",
+            f"{100 * row['pixels_kept']:.1f}%",
+            _pct(row["miou"]),
+            _pct(row["pixel_accuracy"]),
+        )
+    return table
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"

@@ -11,7 +11,9 @@
 4. Co2SAM training on the target training split with the real :func:`co2sam.train.fit`,
    once per detector setting;
 5. evaluate before (plain SAM) and after, label-guided and open
-   (:func:`co2sam.evaluate.evaluate_model`), optionally with ablations, and write the
+   (:func:`co2sam.evaluate.evaluate_model`), optionally with ablations;
+6. the second stage for the default setting: pseudo-labels -> a distilled segmenter,
+   evaluated and timed beside Co2SAM (:mod:`co2sam.demo.second_stage`); write the
    report (:mod:`co2sam.demo.report`).
 """
 
@@ -244,11 +246,14 @@ def run_demo(
     console: Any = None,
     progress: bool = True,
     figures: bool = True,
+    second_stage: bool = True,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` and return the report (also written as report.json).
 
     harder_boxes: also adapt with the ``harder`` simulated detector, reported beside
         the default one.
+    second_stage: also distill the main run's Co2SAM pseudo-labels into a segmenter and
+        report it (:mod:`co2sam.demo.second_stage`).
     overrides: ``section.field=value`` config overrides (as ``--set``).
     sam_path: demo SAM folder (default: the shipped ``co2sam/assets/demo_sam``).
     """
@@ -291,6 +296,7 @@ def run_demo(
     )
     plain = Segmenter(load_demo_sam(sam_path))
     runs: dict[str, dict[str, Any]] = {}
+    distilled: dict[str, Any] | None = None
     figures_maps: tuple[Any, Any] | None = None
     for detector in settings.detectors:
         run_data = data if detector == data.detector else with_detector(data, detector, seed)
@@ -330,6 +336,23 @@ def run_demo(
             "after": after,
             "adapter": str(result.last_adapter),
         }
+        if second_stage and detector == settings.detectors[0]:
+            from co2sam.demo.second_stage import run_second_stage, second_stage_settings
+
+            stage = second_stage_settings(quick=quick)
+            step(
+                f"second stage ({detector} boxes): Co2SAM's pseudo-labels of the target "
+                f"training split -> a SegFormer trained on them ({stage.iterations} steps, "
+                "co2sam distill)"
+            )
+            tick = time.perf_counter()
+            distilled = run_second_stage(
+                run_config, run_data, result.segmenter, out_dir / "second_stage", stage,
+                progress=progress,
+            )  # fmt: skip
+            timings["second_stage"] = time.perf_counter() - tick
+            step(reporting.one_line(distilled["row"], distilled["results"]))
+            step(reporting.speed_line(distilled))
 
     ablations: dict[str, Any] = {}
     if ablation:
@@ -354,6 +377,7 @@ def run_demo(
         ablations=ablations,
         timings={key: round(value, 1) for key, value in timings.items()},
         machine={"at_start": machine_at_start, "at_end": machine_record()},
+        second_stage=distilled,
     )
     if figures and figures_maps is not None:
         report["files"] = reporting.write_figures(
@@ -361,6 +385,8 @@ def run_demo(
         )
     write_report(out_dir / "report.json", report)
     console.print(reporting.results_table(report))
+    if distilled is not None:
+        console.print(reporting.speed_line(distilled))
     console.print(reporting.class_table(report))
     step(f"done in {timings['total']:.0f} s; report: {out_dir / 'report.json'}")
     return report

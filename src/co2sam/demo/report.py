@@ -50,6 +50,7 @@ def build_report(
     ablations: dict[str, Any],
     timings: dict[str, float],
     machine: dict[str, Any],
+    second_stage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report.
 
@@ -57,6 +58,8 @@ def build_report(
     ``box_quality``, ``before`` / ``after`` metrics per domain and mode, ``adapter``.
     The main run is also reported at the top level (``before``, ``after``,
     ``target_miou_gain``, ``supervision``); every run is under ``detectors``.
+    second_stage: what :func:`co2sam.demo.second_stage.run_second_stage` returned for the
+    main run; its ``results`` are summarised like the other rows.
     """
     detectors = {}
     for name, run in runs.items():
@@ -95,6 +98,9 @@ def build_report(
         ),
         "timings_s": timings,
         "machine": machine,
+        "second_stage": None
+        if second_stage is None
+        else {**second_stage, "results": summarize(second_stage["results"], class_names)},
     }
 
 
@@ -128,23 +134,40 @@ class TableRow:
 
 
 def table_rows(report: dict[str, Any]) -> list[list[TableRow]]:
-    """The results table's rows, in sections: one section per detector setting, then
-    the ablations (trained with the main detector's boxes)."""
+    """The results table's rows, in sections: one section per detector setting (the main
+    one with the segmenter distilled from its Co2SAM, when there is one), then the
+    ablations (trained with the main detector's boxes)."""
     sections = []
-    for name, run in report["detectors"].items():
-        sections.append(
-            [
-                TableRow("plain SAM (before)", name, run["before"]),
-                TableRow("Co2SAM (after)", name, run["after"], run["before"]),
-            ]
-        )
     main = report["main_detector"]
+    second_stage = report.get("second_stage")
+    for name, run in report["detectors"].items():
+        section = [
+            TableRow("plain SAM (before)", name, run["before"]),
+            TableRow("Co2SAM (after)", name, run["after"], run["before"]),
+        ]
+        if name == main and second_stage is not None:
+            section.append(
+                TableRow(second_stage["row"], "none", second_stage["results"], run["before"])
+            )
+        sections.append(section)
     baseline = report["detectors"][main]["before"]
     ablations = [
         TableRow(f"Co2SAM {name}", main, value, baseline)
         for name, value in report["ablations"].items()
     ]
     return sections + ([ablations] if ablations else [])
+
+
+def speed_line(second_stage: dict[str, Any]) -> str:
+    """Inference time per image of Co2SAM and the distilled segmenter, measured together."""
+    speed = second_stage["speed"]
+    seconds = speed["seconds_per_image"]
+    return (
+        f"inference per image ({speed['images']} target images, {speed['threads']} threads, "
+        f"side by side): Co2SAM {1000 * seconds['co2sam']:.1f} ms (SAM with cached boxes), "
+        f"distilled segmenter {1000 * seconds['segmenter']:.1f} ms "
+        f"({speed['segmenter_speedup']}x faster)"
+    )
 
 
 def results_table(report: dict[str, Any]) -> Any:

@@ -1,0 +1,71 @@
+"""``co2sam distill`` and ``co2sam export`` from the command line."""
+
+import pytest
+from typer.testing import CliRunner
+
+from co2sam.cli import app
+
+runner = CliRunner()
+
+
+def _text(result):
+    """The output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(
+        root, num_images=6, num_classes=2, image_size=48, seed=0, splits={"train": 4, "val": 2}
+    )
+
+
+def _arguments(voc, out):
+    settings = [
+        "model.pretrained=tiny", "data.dataset=synthetic", "data.train_split=train",
+        "data.num_workers=0", "augment.scale=[128,48]", "augment.crop_size=48",
+        "train.val_every=2", "eval.scale=[128,48]", "optim.warmup_steps=0",
+    ]  # fmt: skip
+    arguments = ["distill", "--data-root", str(voc.parent), "--out", str(out)]
+    arguments += ["--iterations", "2", "--batch-size", "2", "--accelerator", "cpu"]
+    for setting in settings:
+        arguments += ["--set", setting]
+    return arguments + ["--no-progress"]
+
+
+def test_distill_then_export(voc, tmp_path):
+    result = runner.invoke(app, [*_arguments(voc, tmp_path / "run"), "--pseudo-labels", str(voc)])
+    assert result.exit_code == 0, result.output
+    assert "distilled" in _text(result) and "best val mIoU" in _text(result)
+    assert (tmp_path / "run" / "best" / "co2sam_segmenter.json").is_file()
+
+    exported = runner.invoke(
+        app,
+        ["export", "--segmenter", str(tmp_path / "run" / "best"), "--onnx",
+         str(tmp_path / "model.onnx"), "--size", "64"],
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    assert "max |ONNX Runtime - PyTorch|" in _text(exported)
+    assert "any input size" in _text(exported)
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.onnx.json").is_file()
+
+
+def test_distill_needs_matching_pseudo_labels(voc, tmp_path):
+    missing = runner.invoke(app, _arguments(voc, tmp_path / "run"))
+    assert missing.exit_code == 2 and "--pseudo-labels" in _text(missing)
+    empty = tmp_path / "pseudo" / "SegmentationClass"
+    empty.mkdir(parents=True)
+    refused = runner.invoke(
+        app, [*_arguments(voc, tmp_path / "run"), "--pseudo-labels", str(empty.parent)]
+    )
+    assert refused.exit_code == 2
+    assert "4 problem(s) in 4 images" in _text(refused)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_export_refuses_a_folder_that_is_not_a_segmenter(tmp_path):
+    result = runner.invoke(app, ["export", "--segmenter", str(tmp_path), "--onnx", "m.onnx"])
+    assert result.exit_code == 2 and "not a co2sam segmenter folder" in _text(result)
