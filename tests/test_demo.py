@@ -191,7 +191,10 @@ def test_quick_demo_adaptation_improves_target_miou(tmp_path, seed):
     from co2sam.demo.pipeline import run_demo
 
     out = tmp_path / "demo"
-    report = run_demo(out, quick=True, seed=seed, harder_boxes=False, progress=False)
+    # The second stage runs at seed 0 only (it adds about 20 s).
+    report = run_demo(
+        out, quick=True, seed=seed, harder_boxes=False, progress=False, second_stage=seed == 0
+    )
     saved = json.loads((out / "report.json").read_text())
     for mode in ("label-guided", "open"):
         before = saved["before"]["target"][mode]["miou"]
@@ -213,15 +216,18 @@ def test_quick_demo_adaptation_improves_target_miou(tmp_path, seed):
     assert (out / "train" / "last" / "adapter_model.safetensors").is_file()
     assert len(report["files"]["overlays"]) > 0
     # The second stage: Co2SAM's pseudo-labels -> a SegFormer alone (no boxes, no labels).
-    # Measured (quick, seeds 0-4): its target open mIoU 88.3, 90.7, 89.1, 86.0, 83.9 against
-    # Co2SAM's 78.2, 82.3, 76.4, 78.5, 74.4 (margin 5.9 to 12.7 points).
+    # Measured (quick, seeds 0-4): its target open mIoU 89.8, 88.7, 90.3, 89.0, 88.5 against
+    # Co2SAM's 77.2, 75.3, 78.5, 79.8, 76.9 (margin 9.2 to 13.4 points).
     second = saved["second_stage"]
+    if seed != 0:
+        assert second is None
+        return
     segmenter_open = second["results"]["target"]["open"]["miou"]
     assert segmenter_open >= saved["after"]["target"]["open"]["miou"]
     assert 0 < second["pseudo_labels"]["miou_label_guided"] <= 1
     assert second["distill_iterations"] == 150
     assert all(value > 0 for value in second["speed"]["seconds_per_image"].values())
-    assert (tmp_path / "demo" / "second_stage" / "distill" / "best" / "model.safetensors").is_file()
+    assert (out / "second_stage" / "distill" / "best" / "model.safetensors").is_file()
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_run(tmp_path):
@@ -253,6 +259,7 @@ def test_report_tables_fit_80_columns_without_cutting_names():
         settings={}, config={}, class_names=names, domains={},
         runs={"default": {**run, "adapter": "a"}, "harder": {**run, "adapter": "b"}},
         ablations={"without contrastive loss": results(0.75)}, timings={}, machine={},
+        second_stage={"row": "distilled SegFormer (no boxes)", "results": results(0.9)},
     )  # fmt: skip
     assert report["target_miou_gain"]["label-guided"] == pytest.approx(0.1)
     console = Console(width=80, record=True)
@@ -262,3 +269,4 @@ def test_report_tables_fit_80_columns_without_cutting_names():
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     assert "+10.0" in text and "+5.0" in text  # gains over plain SAM with the same boxes
     assert all(word in text for word in ("background", "contrastive", "pentagon", "harder"))
+    assert "distilled" in text and "+20.0" in text  # the segmenter's row, with the main boxes

@@ -297,6 +297,7 @@ def run_demo(
     plain = Segmenter(load_demo_sam(sam_path))
     runs: dict[str, dict[str, Any]] = {}
     distilled: dict[str, Any] | None = None
+    main_run: tuple[Any, Any, Any] | None = None
     figures_maps: tuple[Any, Any] | None = None
     for detector in settings.detectors:
         run_data = data if detector == data.detector else with_detector(data, detector, seed)
@@ -336,23 +337,8 @@ def run_demo(
             "after": after,
             "adapter": str(result.last_adapter),
         }
-        if second_stage and detector == settings.detectors[0]:
-            from co2sam.demo.second_stage import run_second_stage, second_stage_settings
-
-            stage = second_stage_settings(quick=quick)
-            step(
-                f"second stage ({detector} boxes): Co2SAM's pseudo-labels of the target "
-                f"training split -> a SegFormer trained on them ({stage.iterations} steps, "
-                "co2sam distill)"
-            )
-            tick = time.perf_counter()
-            distilled = run_second_stage(
-                run_config, run_data, result.segmenter, out_dir / "second_stage", stage,
-                progress=progress,
-            )  # fmt: skip
-            timings["second_stage"] = time.perf_counter() - tick
-            step(reporting.one_line(distilled["row"], distilled["results"]))
-            step(reporting.speed_line(distilled))
+        if detector == settings.detectors[0]:
+            main_run = (run_config, run_data, result.segmenter)
 
     ablations: dict[str, Any] = {}
     if ablation:
@@ -366,6 +352,22 @@ def run_demo(
             fitted = adapt(variant, data, sam_path=sam_path, progress=progress)
             ablations[name] = evaluate_both(fitted.segmenter, data, variant)[0]
             step(reporting.one_line(name, ablations[name]))
+
+    if second_stage and main_run is not None:
+        # Last, so that nothing it draws from the global RNGs can change the rows above.
+        from co2sam.demo.second_stage import run_second_stage, second_stage_settings
+
+        main = settings.detectors[0]
+        stage = second_stage_settings(quick=quick)
+        step(
+            f"second stage ({main} boxes): Co2SAM's pseudo-labels of the target training "
+            f"split -> a SegFormer trained on them ({stage.iterations} steps, co2sam distill)"
+        )
+        tick = time.perf_counter()
+        distilled = run_second_stage(*main_run, out_dir / "second_stage", stage, progress=progress)
+        timings["second_stage"] = time.perf_counter() - tick
+        step(reporting.one_line(distilled["row"], distilled["results"]))
+        step(reporting.speed_line(distilled))
 
     timings["total"] = time.perf_counter() - started
     report = reporting.build_report(

@@ -163,7 +163,8 @@ def speed_line(second_stage: dict[str, Any]) -> str:
     speed = second_stage["speed"]
     seconds = speed["seconds_per_image"]
     return (
-        f"inference per image ({speed['images']} target images, {speed['threads']} threads, "
+        f"inference per image ({speed['images']} target images, {speed['threads']} "
+        f"thread{'' if speed['threads'] == 1 else 's'}, "
         f"side by side): Co2SAM {1000 * seconds['co2sam']:.1f} ms (SAM with cached boxes), "
         f"distilled segmenter {1000 * seconds['segmenter']:.1f} ms "
         f"({speed['segmenter_speedup']}x faster)"
