@@ -24,8 +24,9 @@ def test_version():
     assert __version__ in result.output
 
 
-COMMANDS = (["demo"], ["train"], ["evaluate"], ["pseudo-labels"], ["predict"], ["boxes"],
-            ["import-boxes"], ["check-data"], ["prepare", "coco"])  # fmt: skip
+COMMANDS = (["demo"], ["train"], ["evaluate"], ["pseudo-labels"], ["distill"], ["predict"],
+            ["export"], ["boxes"], ["import-boxes"], ["check-data"],
+            ["prepare", "coco"])  # fmt: skip
 
 
 def _help_words(command: list[str]) -> list[str]:

@@ -59,10 +59,10 @@ def pseudo_labels(
     skip_bad: bool = SkipBadOption,
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
-    confidence: bool = typer.Option(
-        True,
-        "--confidence/--no-confidence",
-        help="Also write Confidence/<id>.png (for `co2sam distill --min-confidence`).",
+    no_confidence: bool = typer.Option(
+        False,
+        "--no-confidence",
+        help="Do not write Confidence/<id>.png (used by `co2sam distill --min-confidence`).",
     ),
 ) -> None:
     """Write pseudo-labels (VOC palette PNGs) for a second-stage segmenter (`co2sam distill`).
@@ -97,7 +97,7 @@ def pseudo_labels(
         overwrite=overwrite,
         devices=devices,
         num_nodes=num_nodes,
-        confidence=confidence,
+        confidence=not no_confidence,
     )
 
 
