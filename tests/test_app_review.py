@@ -137,8 +137,8 @@ def test_a_moved_dataset_is_found_with_data_root(folders, tmp_path):
 def test_confidence_from_confidence_maps_or_the_box_cache(pseudo, tmp_path):
     folder = ReviewFolder(pseudo)
     ids = folder.ids("label-guided")
-    maps = pseudo / "Confidence"
-    maps.mkdir()
+    maps = pseudo / "Confidence"  # pseudo-labels writes real ones: replaced by known values
+    maps.mkdir(exist_ok=True)
     for value, image_id in zip((200, 50, 255, 100), ids, strict=True):
         Image.fromarray(np.full((48, 48), value, np.uint8)).save(maps / f"{image_id}.png")
     folder = ReviewFolder(pseudo)
