@@ -131,11 +131,16 @@ def screenshot(tab, name: str) -> None:
         tab.screenshot(path=str(path), full_page=True, type="jpeg", quality=80)
 
 
-def fetch_image(tab, selector: str) -> np.ndarray:
-    source = tab.locator(selector).first.get_attribute("src")
+def fetch_image(tab, selector: str, mode: str = "RGB") -> np.ndarray:
+    return fetch_element(tab, tab.locator(selector).first, mode)
+
+
+def fetch_element(tab, element, mode: str = "RGB") -> np.ndarray:
+    """The pixels of an ``<img>`` as the server sent them."""
+    source = element.get_attribute("src")
     response = tab.request.get(source)
     assert response.ok, source
-    return np.asarray(Image.open(io.BytesIO(response.body())).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(response.body())).convert(mode))
 
 
 def draw_box(tab, selector: str, image_size: tuple[int, int], box: tuple[float, ...]) -> None:
@@ -153,8 +158,13 @@ def draw_box(tab, selector: str, image_size: tuple[int, int], box: tuple[float, 
     tab.mouse.up()
 
 
-def test_segment_a_drawn_box_shows_the_legend_areas_and_downloads(page, workspace, tmp_path):
+def test_segment_a_drawn_box_shows_the_legend_areas_and_downloads(
+    page, workspace, server, tmp_path
+):
     from playwright.sync_api import expect
+
+    from co2sam.app.models import SEGMENTER
+    from co2sam.records import Boxes
 
     example = workspace.examples[0]
     image_path = tmp_path / "mine.png"
@@ -191,6 +201,22 @@ def test_segment_a_drawn_box_shows_the_legend_areas_and_downloads(page, workspac
     page.get_by_role("radio", name="plain SAM").check()
     expect(page.locator("#result-note")).to_contain_text("plain SAM")
     expect(page.locator("#result .legend-item")).to_have_text(classes)
+
+    # the distilled segmenter on the same image: no boxes, its own classes in the legend
+    models = server[1].models
+    names, shown = models.class_lists(("background", *classes))
+    page.get_by_role("radio", name=SEGMENTER).check()
+    expect(page.locator("#result-note")).to_contain_text(f"{SEGMENTER} · open mode · no boxes")
+    expect(page.locator("#result .legend-item")).to_have_text(list(shown[SEGMENTER]))
+    masks = page.locator("#result img.mask")
+    expect(masks).to_have_count(len(shown[SEGMENTER]))
+    np.testing.assert_array_equal(fetch_image(page, "#result img.base-image"), image)  # no box
+    label = models.label_maps(image, Boxes(), names, [SEGMENTER])[SEGMENTER]
+    assert label.any()  # the check below sees some object pixels
+    for index, name in enumerate(shown[SEGMENTER]):
+        alpha = fetch_element(page, masks.nth(index), "RGBA")[..., 3]
+        np.testing.assert_array_equal(alpha > 0, label == names.index(name), err_msg=name)
+    expect(page.locator("#areas")).to_contain_text(shown[SEGMENTER][-1])
 
 
 def test_review_keys_move_and_flag_writes_flagged_txt(page, workspace):

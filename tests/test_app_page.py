@@ -1,12 +1,13 @@
 """The page with nothing given: the demo workspace's models, folders and the three tabs."""
 
-from co2sam.app.models import ADAPTED, PLAIN
+from co2sam.app.models import ADAPTED, PLAIN, SEGMENTER
 
 
 def test_nothing_given_opens_the_demo_workspace(app_page, app_workspace):
     context = app_page.context
     assert context.models.adapter == app_workspace.adapter
-    assert list(context.models.views) == [PLAIN, ADAPTED]
+    assert list(context.models.views) == [PLAIN, ADAPTED, SEGMENTER]
+    assert context.models.distilled_folder == app_workspace.segmenter
     assert context.class_names == tuple(app_workspace.class_names[1:])
     assert context.reviews == [app_workspace.review] and context.runs == [app_workspace.run]
     assert "PASCAL VOC (20 classes)" in context.class_presets

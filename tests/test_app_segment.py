@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from co2sam.app import segment
+from co2sam.app.models import AppModels, View, index_map
 from co2sam.app.segment import InputImage, SegmentError
 from co2sam.classes import voc_palette
 from co2sam.data.image_io import read_label_png
@@ -13,23 +14,35 @@ from co2sam.records import Boxes
 NAMES = ("background", "cat", "dog")
 
 
-class BoxFiller:
-    """Stand-in models: each view fills every box with its class (``shift`` moves them)."""
+SEGMENTER_CLASSES = ("background", "bird", "dog")
 
-    def __init__(self, detect=None):
-        self.detect = detect
-        self.views = {"plain SAM": 0, "adapted (Co2SAM)": 2}
-        self.calls = []
 
-    def label_maps(self, image, boxes, num_classes):
-        self.calls.append((image.shape, len(boxes), num_classes))
-        maps = {}
-        for name, shift in self.views.items():
+def BoxFiller(detect=None, segmenter=False):  # noqa: N802 (stands in for a class)
+    """Stand-in models: each SAM view fills every box with its class (``shift`` moves
+    them); the segmenter view (no boxes) labels the top half ``bird``, in its own classes."""
+    models = AppModels(None, base="stand-in", detect=detect)
+    models.calls = []
+
+    def filler(shift):
+        def fill(image, boxes, class_names):
+            if not shift:
+                models.calls.append((image.shape, len(boxes), len(class_names)))
             label = np.zeros(image.shape[:2], np.uint8)
             for (x0, y0, x1, y1), cls in zip(boxes.xyxy, boxes.classes, strict=True):
                 label[int(y0) + shift : int(y1), int(x0) : int(x1)] = cls
-            maps[name] = label
-        return maps
+            return label
+
+        return fill
+
+    def top_half_bird(image, boxes, class_names):
+        own = np.zeros(image.shape[:2], np.int64)
+        own[: image.shape[0] // 2] = 1
+        return index_map(SEGMENTER_CLASSES, class_names)[own]
+
+    models.views = {"plain SAM": View(filler(0)), "adapted (Co2SAM)": View(filler(2))}
+    if segmenter:
+        models.views["segmenter"] = View(top_half_bird, class_names=SEGMENTER_CLASSES)
+    return models
 
 
 def write_image(path, height=40, width=60, value=120):
@@ -191,3 +204,64 @@ def test_what_the_page_shows_and_downloads(tmp_path):
     assert [(b["label"], b["xmin"], b["ymax"]) for b in again] == [("cat", 0, 10), ("dog", 30, 40)]
     with pytest.raises(SegmentError, match="not segmented"):
         segment.area_rows(bad, "plain SAM", NAMES)
+
+
+def test_the_segmenter_segments_images_without_boxes_in_the_pages_classes(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    drawn = [{"label": "cat", "xmin": 0, "ymin": 0, "xmax": 20, "ymax": 10}]
+    inputs = [InputImage("drawn", path, drawn=drawn), InputImage("bare", path)]
+    models = BoxFiller(segmenter=True)
+    drawn_outcome, bare = segment.segment_images(models, inputs, NAMES, max_pixels=10**6)
+    names, shown = models.class_lists(NAMES)
+    assert names == ("background", "cat", "dog", "bird")  # bird: the segmenter's, appended
+    assert shown["segmenter"] == ("bird", "dog") and shown["plain SAM"] == ("cat", "dog")
+
+    assert drawn_outcome.error is None and list(drawn_outcome.label_maps) == [
+        "plain SAM",
+        "adapted (Co2SAM)",
+        "segmenter",
+    ]
+    assert bare.error is None and list(bare.label_maps) == ["segmenter"]  # no boxes: no SAM
+    assert "draw at least one box" in bare.problem("plain SAM")
+    assert "the segmenter needs none" in bare.problem("adapted (Co2SAM)")
+    assert bare.problem("segmenter") is None
+    assert (bare.label_maps["segmenter"][:20] == 3).all()  # bird is class 3 on the page
+    assert not bare.label_maps["segmenter"][20:].any()
+
+    base, masks = segment.annotated_view(drawn_outcome, "segmenter", names, shown["segmenter"])
+    np.testing.assert_array_equal(base, drawn_outcome.image)  # its view draws no boxes
+    assert [name for _, name in masks] == ["bird", "dog"] and masks[0][0].sum() == 1200
+    sam_base, _ = segment.annotated_view(drawn_outcome, "plain SAM", names, shown["plain SAM"])
+    assert not np.array_equal(sam_base, drawn_outcome.image)
+    rows = segment.area_rows(bare, "segmenter", names, shown["segmenter"])
+    assert rows == [["background", 1200, 50.0], ["bird", 1200, 50.0], ["dog", 0, 0.0]]
+    assert segment.caption(bare, "segmenter", names, shown["segmenter"]) == "bare: bird 50.0%"
+    assert segment.caption(bare, "plain SAM", names).startswith("bare: error: no boxes")
+    with pytest.raises(SegmentError, match="draw at least one box"):
+        segment.area_rows(bare, "plain SAM", names)
+
+    files = segment.write_downloads([drawn_outcome, bare], "segmenter", names, tmp_path / "s")
+    assert [f.name for f in files] == ["drawn.png", "drawn.json", "bare.png", "bare.json"]
+    details = json.loads(files[1].read_text())
+    assert details["model"] == "segmenter" and details["mode"] == "open"
+    assert details["boxes"] == [] and details["class_names"] == list(names)
+    assert details["areas"]["bird"]["pixels"] == 1200
+    sam_files = segment.write_downloads([drawn_outcome, bare], "plain SAM", names, tmp_path / "p")
+    assert [f.name for f in sam_files] == ["drawn.png", "drawn.json"]  # bare: no SAM result
+
+
+def test_without_a_box_free_view_class_names_are_required():
+    assert segment.parse_class_names("", allow_empty=True) == ("background",)
+    with pytest.raises(SegmentError, match="at least one"):
+        segment.parse_class_names("")
+
+
+def test_the_detector_is_not_asked_without_class_names(tmp_path):
+    path = write_image(tmp_path / "a.png")
+    asked = []
+    models = BoxFiller(detect=lambda image, names: asked.append(names), segmenter=True)
+    (outcome,) = segment.segment_images(
+        models, [InputImage("a", path)], ("background",), max_pixels=10**6
+    )
+    assert asked == [] and list(outcome.label_maps) == ["segmenter"]
+    assert "type the class names" in outcome.problem("plain SAM")

@@ -26,6 +26,7 @@ def test_another_host_is_warned_about(host):
         ({"max_pixels": 0}, "--max-pixels"),
         ({"host": " "}, "--host"),
         ({"adapter": "nowhere"}, "not an adapter folder"),
+        ({"segmenter": "nowhere"}, "not a segmenter folder"),
         ({"review": ["nowhere"]}, "co2sam pseudo-labels"),
         ({"runs": ["nowhere"]}, "co2sam train --out"),
         ({"data_root": "nowhere"}, "--data-root"),
@@ -48,3 +49,9 @@ def test_the_run_tab_defaults_to_the_adapters_run(tmp_path):
     assert AppSettings(adapter=str(run / "best"), runs=[str(tmp_path)]).run_folders() == [
         str(tmp_path)
     ]
+
+
+def test_a_segmenter_folder_is_taken_and_is_not_the_demo(tmp_path):
+    (tmp_path / "co2sam_segmenter.json").write_text("{}")
+    settings = AppSettings(segmenter=str(tmp_path))
+    assert settings.segmenter == str(tmp_path) and not settings.demo

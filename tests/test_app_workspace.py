@@ -27,6 +27,9 @@ def test_the_workspace_holds_a_run_pseudo_labels_and_examples(app_workspace):
     assert all(value is not None for value in review.ious("label-guided").values())
     assert review.class_names == tuple(workspace.class_names)
     assert len(workspace.examples) == 4
+    segmenter = json.loads((Path(workspace.segmenter) / "co2sam_segmenter.json").read_text())
+    assert Path(workspace.segmenter).name == "best"  # validated on the target's val masks
+    assert segmenter["class_names"] == list(workspace.class_names)
     for example in workspace.examples:
         assert Path(example["image"]).is_file()
         for box in example["boxes"]:
@@ -46,7 +49,7 @@ def test_an_unfinished_workspace_is_made_again_and_a_foreign_folder_refused(tmp_
     unfinished.mkdir()
     (unfinished / MARKER_FILE).write_text("")
     (unfinished / "data").mkdir()  # killed half-way: no ready file
-    made = prepare_demo_workspace(unfinished, limit=2)
+    made = prepare_demo_workspace(unfinished, limit=2, distill_steps=2)
     assert made.usable() and json.loads((unfinished / READY_FILE).read_text())["run"] == made.run
 
     foreign = tmp_path / "photos"

@@ -14,6 +14,8 @@ def test_bad_options_fail_before_anything_loads():
     assert result.exit_code == 2 and "co2sam pseudo-labels" in " ".join(result.output.split())
     result = runner.invoke(app, ["app", "--port", "0"])
     assert result.exit_code == 2 and "--port" in result.output
+    result = runner.invoke(app, ["app", "--segmenter", "."])
+    assert result.exit_code == 2 and "not a segmenter folder" in " ".join(result.output.split())
 
 
 @pytest.fixture
@@ -44,3 +46,11 @@ def test_this_machine_only_by_default(launched, app_workspace):
     assert result.exit_code == 0, result.output
     assert "reachable" not in result.output
     assert launched[0][0].host == "127.0.0.1"
+
+
+def test_a_segmenter_alone_is_the_third_view_beside_plain_sam(launched, app_workspace):
+    result = runner.invoke(app, ["app", "--segmenter", app_workspace.segmenter])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "no adapter (--adapter)" in output
+    assert "segmenter: …/workspace/distill/best (segformer)" in output

@@ -1,16 +1,22 @@
-"""The models behind the Segment tab: SAM without and with the adapter, and a detector.
+"""The models behind the Segment tab: SAM without and with the adapter, a distilled
+segmenter, and a detector.
 
 One SAM is loaded. With an adapter (LoRA), "plain SAM" is the same model with the
 adapter switched off (:meth:`co2sam.sam.Segmenter.adapters_disabled`), so the
-before/after switch compares the two on the same boxes at no extra memory. Each view is
-a function ``(image, boxes, num_classes) -> label map``; a model that needs no boxes
-(the distilled segmenter of ``co2sam distill``) becomes one more entry of
-:attr:`AppModels.views`.
+before/after switch compares the two on the same boxes at no extra memory. The
+segmenter of ``co2sam distill`` (``--segmenter``) is a third view: image in, label map
+out, no boxes, no detector, no class names (open mode), in its own classes.
+
+Each :class:`View` is a function ``(image, boxes, class_names) -> label map`` whose
+label map indexes ``class_names`` (the page's list: the typed names, then the
+segmenter's other classes, see :func:`merged_class_names`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +27,58 @@ from co2sam.records import Boxes
 
 PLAIN = "plain SAM"
 ADAPTED = "adapted (Co2SAM)"
+SEGMENTER = "distilled segmenter (no boxes)"
 
-LabelFn = Callable[[np.ndarray, Boxes, int], np.ndarray]
-"""(H, W, 3) uint8 image, boxes in its pixel frame, number of classes -> (H, W) uint8."""
+LabelFn = Callable[[np.ndarray, Boxes, Sequence[str]], np.ndarray]
+"""(H, W, 3) uint8 image, boxes in its pixel frame (classes index the class names), the
+class names (background first) -> (H, W) uint8 label map indexing those names."""
+
+
+@dataclass(frozen=True)
+class View:
+    """One choice of the Segment tab's model switch.
+
+    label_map: see :data:`LabelFn`.
+    class_names: the classes the view can output (background first) when it has its own
+        (the segmenter's); None: the class names typed on the page (SAM with boxes).
+    """
+
+    label_map: LabelFn
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def needs_boxes(self) -> bool:
+        return self.class_names is None
+
+
+def class_key(name: str) -> str:
+    """A class name for matching: lower case, letters and digits only
+    (``"Dining table"`` and ``"diningtable"`` match)."""
+    return re.sub(r"[^0-9a-z]+", "", name.lower())
+
+
+def merged_class_names(typed: Sequence[str], own: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """``typed`` (background first), then the classes of ``own`` lists not typed (matched
+    by :func:`class_key`), in their order: one index space for every view, so a class has
+    one colour and one label-PNG value whichever view shows it."""
+    names = list(typed)
+    keys = {class_key(name) for name in names}
+    for names_of_view in own:
+        for name in names_of_view[1:]:
+            if class_key(name) not in keys:
+                names.append(name)
+                keys.add(class_key(name))
+    return tuple(names)
+
+
+def index_map(own: Sequence[str], class_names: Sequence[str]) -> np.ndarray:
+    """(len(own),) uint8: index in ``class_names`` of each of ``own`` (matched by
+    :func:`class_key`); background (0) for a class not in ``class_names``."""
+    where = {class_key(name): index for index, name in enumerate(class_names)}
+    table = np.zeros(len(own), np.uint8)
+    for index, name in enumerate(own[1:], start=1):
+        table[index] = where.get(class_key(name), 0)
+    return table
 
 
 class AppModels:
@@ -33,6 +88,8 @@ class AppModels:
     adapter: the adapter folder loaded into it, or None.
     base: the SAM it was built from (shown on the page).
     detect: ``(image, class names) -> Boxes`` (open mode: all classes at once), or None.
+    distilled: a :class:`co2sam.inference.segmenter.SegmenterPredictor` (the
+        :data:`SEGMENTER` view), or None; ``distilled_folder``: where it was loaded from.
     """
 
     def __init__(
@@ -43,15 +100,22 @@ class AppModels:
         adapter: str | None = None,
         detect: Callable[[np.ndarray, Sequence[str]], Boxes] | None = None,
         detector_name: str | None = None,
+        distilled: Any = None,
+        distilled_folder: str | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.base = base
         self.adapter = adapter
         self.detect = detect
         self.detector_name = detector_name
-        self.views: dict[str, LabelFn] = {PLAIN: self._plain}
+        self.distilled = distilled
+        self.distilled_folder = distilled_folder
+        self.views: dict[str, View] = {PLAIN: View(self._plain)}
         if adapter is not None:
-            self.views[ADAPTED] = self._adapted
+            self.views[ADAPTED] = View(self._adapted)
+        if distilled is not None:
+            own = tuple(distilled.model.class_names)
+            self.views[SEGMENTER] = View(self._distilled, class_names=own)
 
     @classmethod
     def load(
@@ -62,12 +126,15 @@ class AppModels:
         device: str = "auto",
         detector: str | None = None,
         prompt_config: Any = None,
+        segmenter: str | None = None,
     ) -> AppModels:
         """SAM (``sam``, else the adapter's base, else the demo SAM) with the adapter.
 
         detector: a Grounding DINO hub id or folder, loaded on first use per class list.
         prompt_config: a :class:`co2sam.config.Co2SamConfig` for the detector's thresholds.
+        segmenter: a ``co2sam distill`` segmenter folder (``RUN/best``), or None.
         """
+        from co2sam.inference.segmenter import load_segmenter_predictor
         from co2sam.sam import load_adapter, load_sam, segmenter_for
 
         if adapter is not None:
@@ -76,22 +143,61 @@ class AppModels:
         else:
             base = sam or "demo"
             model = load_sam(base)
-        segmenter = segmenter_for(model).to(_device(device)).eval()
+        sam_model = segmenter_for(model).to(_device(device)).eval()
         detect = None
         if detector is not None:
             detect = DetectorCache(detector, prompt_config)
-        return cls(segmenter, base=base, adapter=adapter, detect=detect, detector_name=detector)
+        distilled = None
+        if segmenter is not None:
+            distilled, _ = load_segmenter_predictor(segmenter, _device(device))
+        return cls(
+            sam_model,
+            base=base,
+            adapter=adapter,
+            detect=detect,
+            detector_name=detector,
+            distilled=distilled,
+            distilled_folder=segmenter,
+        )
 
-    def label_maps(self, image: np.ndarray, boxes: Boxes, num_classes: int) -> dict[str, Any]:
-        """Every view's (H, W) uint8 label map of one image (open mode, same boxes)."""
-        return {name: view(image, boxes, num_classes) for name, view in self.views.items()}
+    def box_free_views(self) -> list[str]:
+        """The views that need no boxes (the segmenter's)."""
+        return [name for name, view in self.views.items() if not view.needs_boxes]
 
-    def _plain(self, image: np.ndarray, boxes: Boxes, num_classes: int) -> np.ndarray:
+    def class_lists(
+        self, typed: Sequence[str]
+    ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """The page's class names for ``typed`` (background first; :func:`merged_class_names`)
+        and, per view, the classes its legend and areas list (without background): the
+        typed ones for SAM, the segmenter's own (spelt as on the page) for it."""
+        own = [view.class_names for view in self.views.values() if view.class_names]
+        names = merged_class_names(typed, own)
+        shown = {}
+        for name, view in self.views.items():
+            if view.class_names is None:
+                shown[name] = tuple(typed[1:])
+            else:
+                shown[name] = tuple(names[i] for i in index_map(view.class_names, names)[1:])
+        return names, shown
+
+    def label_maps(
+        self,
+        image: np.ndarray,
+        boxes: Boxes,
+        class_names: Sequence[str],
+        views: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The (H, W) uint8 label maps of one image (open mode, same boxes), indexing
+        ``class_names``, of ``views`` (default: every view)."""
+        names = self.views if views is None else views
+        return {name: self.views[name].label_map(image, boxes, class_names) for name in names}
+
+    def _plain(self, image: np.ndarray, boxes: Boxes, class_names: Sequence[str]) -> np.ndarray:
         with self.segmenter.adapters_disabled():
-            return self._segment(image, boxes, num_classes)
+            return self._segment(image, boxes, len(class_names))
 
-    def _adapted(self, image: np.ndarray, boxes: Boxes, num_classes: int) -> np.ndarray:
-        return self._segment(image, boxes, num_classes)
+    def _adapted(self, image: np.ndarray, boxes: Boxes, class_names: Sequence[str]) -> np.ndarray:
+        return self._segment(image, boxes, len(class_names))
 
     def _segment(self, image: np.ndarray, boxes: Boxes, num_classes: int) -> np.ndarray:
         from co2sam.predict import box_mask_logits, label_map_of
@@ -103,6 +209,15 @@ class AppModels:
             label = label_map_of(logits, boxes, num_classes)
         return label.cpu().numpy().astype(np.uint8)
 
+    def _distilled(self, image: np.ndarray, boxes: Boxes, class_names: Sequence[str]) -> np.ndarray:
+        """The segmenter's open-mode label map (``boxes`` unused), in ``class_names``."""
+        from co2sam.records import Sample
+
+        with torch.inference_mode():
+            (output,) = self.distilled.predict([Sample(image, None, [], "upload")], ("open",))
+        own = output.label_maps["open"].cpu().numpy()
+        return index_map(self.distilled.model.class_names, class_names)[own]
+
     def describe(self) -> str:
         """One line for the page: which SAM, adapter and detector are loaded."""
         parts = [f"SAM: {short_path(self.base, 1)}"]
@@ -113,6 +228,9 @@ class AppModels:
         parts.append(
             f"detector: {self.detector_name}" if self.detector_name else "boxes drawn by hand"
         )
+        if self.distilled is not None:
+            where = short_path(self.distilled_folder) if self.distilled_folder else "given"
+            parts.append(f"segmenter: {where} ({self.distilled.model.architecture})")
         return " · ".join(parts)
 
 

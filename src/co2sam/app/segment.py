@@ -2,13 +2,17 @@
 
 Frames: images are (H, W, 3) uint8 RGB as displayed (EXIF orientation applied, then the
 page's rotation); boxes are XYXY pixels of that image; label maps are (H, W) uint8 class
-indices (0 = background, i = the i-th class name typed). Segmentation here is *open mode*
-(no image-level labels filter the classes): every box counts.
+indices into the page's class names (0 = background, i = the i-th class name typed, then
+the distilled segmenter's other classes: :meth:`co2sam.app.models.AppModels.class_lists`).
+Segmentation here is *open mode* (no image-level labels filter the classes): every box
+counts, and the segmenter may output any of its classes.
 
 Boxes come from the drawing panel (each drawn box has a class) or, for an image without
 drawn boxes, from the detector the app was started with. An image that fails (unreadable,
 too large, no boxes, a model error) gets an :class:`ImageOutcome` with ``error`` set and
-is shown with that message; the others are still segmented.
+is shown with that message; the others are still segmented. An image without boxes is
+still segmented by the views that need none (the distilled segmenter); the SAM views show
+why they have no result for it (``view_errors``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class SegmentError(ValueError):
     """Something the user can fix on the page (the message says what)."""
 
 
+class NoBoxes(SegmentError):
+    """An image has no box prompts (the SAM views cannot segment it; the segmenter can)."""
+
+
 @dataclass
 class InputImage:
     """One image to segment: its uploaded file and, if any, the boxes drawn on it.
@@ -66,12 +74,29 @@ class ImageOutcome:
     """``drawn`` or ``detector``."""
     label_maps: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
+    """Why the image was not segmented at all."""
+    view_errors: dict[str, str] = field(default_factory=dict)
+    """View -> why it has no result for this image (no boxes for SAM)."""
+    box_free: tuple[str, ...] = ()
+    """The views that used no boxes (their results are shown without them)."""
+
+    def problem(self, view: str) -> str | None:
+        """Why ``view`` has no result for this image, or None."""
+        return self.error or self.view_errors.get(view)
+
+    def boxes_of(self, view: str) -> Boxes:
+        """The boxes ``view`` segmented with (none for a view that takes no boxes)."""
+        return Boxes() if view in self.box_free else self.boxes
 
 
-def parse_class_names(text: str) -> tuple[str, ...]:
-    """``"cat, dog"`` (commas or new lines) -> ``("background", "cat", "dog")``."""
+def parse_class_names(text: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+    """``"cat, dog"`` (commas or new lines) -> ``("background", "cat", "dog")``.
+
+    allow_empty: no names give ``("background",)`` (a view that needs no class names,
+    the distilled segmenter, is loaded) instead of an error.
+    """
     names = [name.strip() for name in re.split(r"[,\n]", text or "") if name.strip()]
-    if not names:
+    if not names and not allow_empty:
         raise SegmentError('type at least one class name, for example "cat, dog"')
     if "background" in (name.lower() for name in names):
         raise SegmentError("leave out 'background': it is always class 0")
@@ -178,34 +203,33 @@ def segment_images(
 ) -> list[ImageOutcome]:
     """Segment every input with every view of ``models`` (:class:`co2sam.app.models.AppModels`).
 
+    class_names: the typed names, background first (boxes take these classes); the label
+        maps index ``models.class_lists(class_names)[0]``.
     progress: called with (done, total, name) before each image.
     """
+    names, _ = models.class_lists(class_names)
+    box_free = tuple(models.box_free_views())
+    if len(names) > MAX_CLASSES + 1:
+        raise SegmentError(
+            f"at most {MAX_CLASSES} classes with the segmenter's, got {len(names) - 1}"
+        )
     outcomes = []
     for number, item in enumerate(inputs):
         if progress is not None:
             progress(number, len(inputs), item.name)
-        outcome = ImageOutcome(item.name, item.path)
+        outcome = ImageOutcome(item.name, item.path, box_free=box_free)
         try:
             outcome.image = load_upload(item.path, max_pixels, item.orientation)
-            size = outcome.image.shape[:2]
-            if item.drawn:
-                outcome.boxes, outcome.box_origin = (
-                    drawn_boxes(item.drawn, class_names, size),
-                    "drawn",
-                )
-            elif models.detect is not None:
-                outcome.boxes = models.detect(outcome.image, class_names)
-                outcome.box_origin = "detector"
-                if not len(outcome.boxes):
-                    raise SegmentError(
-                        "the detector found none of the classes; draw boxes on the image"
-                    )
-            else:
-                raise SegmentError(
-                    "no boxes: draw at least one box on the image (the app was started "
-                    "without --detector)"
-                )
-            outcome.label_maps = models.label_maps(outcome.image, outcome.boxes, len(class_names))
+            views = list(models.views)
+            try:
+                outcome.boxes, outcome.box_origin = _boxes(models, item, outcome.image, class_names)
+            except NoBoxes as missing:
+                if not box_free:
+                    raise
+                views = list(box_free)
+                reason = f"{missing}; the segmenter needs none"
+                outcome.view_errors = {view: reason for view in models.views if view not in views}
+            outcome.label_maps = models.label_maps(outcome.image, outcome.boxes, names, views)
         except SegmentError as error:
             outcome.error = str(error)
         except Exception as error:  # one image's failure must not end the page
@@ -217,27 +241,56 @@ def segment_images(
     return outcomes
 
 
-def annotated_view(
-    outcome: ImageOutcome, view: str, class_names: Sequence[str]
-) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """The image with its boxes drawn, and one (H, W) float mask per class (legend order).
+def _boxes(
+    models: Any, item: InputImage, image: np.ndarray, class_names: Sequence[str]
+) -> tuple[Boxes, str]:
+    """The image's boxes and their origin (``drawn`` or ``detector``); :class:`NoBoxes`
+    when there are none."""
+    if item.drawn:
+        return drawn_boxes(item.drawn, class_names, image.shape[:2]), "drawn"
+    if models.detect is None:
+        raise NoBoxes(
+            "no boxes: draw at least one box on the image (the app was started without --detector)"
+        )
+    if len(class_names) < 2:
+        raise NoBoxes("no boxes: type the class names the detector should look for")
+    boxes = models.detect(image, class_names)
+    if not len(boxes):
+        raise NoBoxes("the detector found none of the classes; draw boxes on the image")
+    return boxes, "detector"
 
-    Every class gets a mask (empty when absent) so the legend lists all class names.
+
+def annotated_view(
+    outcome: ImageOutcome,
+    view: str,
+    class_names: Sequence[str],
+    shown: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
+    """The image with the boxes ``view`` used drawn, and one (H, W) float mask per class
+    (legend order).
+
+    shown: the classes of the view's legend (default: every class but background), each
+    with a mask (empty when absent) so the legend lists them all.
     """
     from co2sam.visualize import overlay
 
     label = _label(outcome, view)
-    base = overlay(outcome.image, None, boxes=outcome.boxes, class_names=class_names)
+    base = overlay(outcome.image, None, boxes=outcome.boxes_of(view), class_names=class_names)
     masks = [
-        ((label == index).astype(np.float32), name)
-        for index, name in enumerate(class_names)
-        if index > 0
+        ((label == class_names.index(name)).astype(np.float32), name)
+        for name in _shown(class_names, shown)
     ]
     return base, masks
 
 
-def area_rows(outcome: ImageOutcome, view: str, class_names: Sequence[str]) -> list[list[Any]]:
-    """``[class, pixels, percent of the image]`` for every class, background first."""
+def area_rows(
+    outcome: ImageOutcome,
+    view: str,
+    class_names: Sequence[str],
+    shown: Sequence[str] | None = None,
+) -> list[list[Any]]:
+    """``[class, pixels, percent of the image]`` for background and every class of
+    ``shown`` (default: all)."""
     from co2sam.predict import class_areas
 
     areas = class_areas(_label(outcome, view), class_names)
@@ -247,7 +300,7 @@ def area_rows(outcome: ImageOutcome, view: str, class_names: Sequence[str]) -> l
             areas.get(name, {}).get("pixels", 0),
             round(100 * areas.get(name, {}).get("fraction", 0.0), 2),
         ]
-        for name in class_names
+        for name in (class_names[0], *_shown(class_names, shown))
     ]
 
 
@@ -260,18 +313,24 @@ def thumbnail(outcome: ImageOutcome, view: str, size: int = THUMBNAIL) -> np.nda
     if outcome.image is None:
         return np.full((size // 2, size, 3), 200, np.uint8)
     picture = outcome.image
-    if outcome.error is None:
-        picture = overlay(outcome.image, _label(outcome, view), boxes=outcome.boxes)
+    if outcome.problem(view) is None:
+        picture = overlay(outcome.image, _label(outcome, view), boxes=outcome.boxes_of(view))
     image = Image.fromarray(picture)
     image.thumbnail((size, size))
     return np.asarray(image)
 
 
-def caption(outcome: ImageOutcome, view: str, class_names: Sequence[str]) -> str:
+def caption(
+    outcome: ImageOutcome,
+    view: str,
+    class_names: Sequence[str],
+    shown: Sequence[str] | None = None,
+) -> str:
     """``name: cat 12.5%, dog 3.1%`` or ``name: error: ...`` (shown under the thumbnail)."""
-    if outcome.error is not None:
-        return f"{outcome.name}: error: {outcome.error}"
-    rows = area_rows(outcome, view, class_names)[1:]
+    problem = outcome.problem(view)
+    if problem is not None:
+        return f"{outcome.name}: error: {problem}"
+    rows = area_rows(outcome, view, class_names, shown)[1:]
     found = ", ".join(f"{name} {percent:.1f}%" for name, _, percent in rows if percent > 0)
     return f"{outcome.name}: {found or 'background only'}"
 
@@ -286,8 +345,10 @@ def write_downloads(
 ) -> list[Path]:
     """``<name>.png`` (VOC-palette label map) and ``<name>.json`` per segmented image.
 
-    The JSON holds the model view, the mode (open), the class names, per-class pixels
-    and fractions, and the boxes with their class, score and origin.
+    The JSON holds the model view, the mode (open), the class names (the PNG's values
+    index them), per-class pixels and fractions, and the boxes the view used with their
+    class, score and origin (none for the segmenter). Images the view has no result for
+    are left out.
     """
     from co2sam.predict import class_areas
     from co2sam.visualize import save_label_png
@@ -296,9 +357,10 @@ def write_downloads(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for outcome in outcomes:
-        if outcome.error is not None:
+        if outcome.problem(view) is not None:
             continue
         label = _label(outcome, view)
+        boxes = outcome.boxes_of(view)
         written.append(save_label_png(folder / f"{outcome.name}.png", label))
         details = {
             "image": outcome.name,
@@ -316,9 +378,7 @@ def write_downloads(
                     "score": round(float(score), 5),
                     "origin": outcome.box_origin,
                 }
-                for box, cls, score in zip(
-                    outcome.boxes.xyxy, outcome.boxes.classes, outcome.boxes.scores, strict=True
-                )
+                for box, cls, score in zip(boxes.xyxy, boxes.classes, boxes.scores, strict=True)
             ],
         }
         path = folder / f"{outcome.name}.json"
@@ -343,9 +403,14 @@ def boxes_for_drawing(outcome: ImageOutcome, class_names: Sequence[str]) -> list
     ]
 
 
+def _shown(class_names: Sequence[str], shown: Sequence[str] | None) -> list[str]:
+    return list(class_names[1:] if shown is None else shown)
+
+
 def _label(outcome: ImageOutcome, view: str) -> np.ndarray:
-    if outcome.error is not None or outcome.image is None:
-        raise SegmentError(f"{outcome.name} was not segmented: {outcome.error}")
+    problem = outcome.problem(view)
+    if problem is not None or outcome.image is None:
+        raise SegmentError(f"{outcome.name} was not segmented: {problem}")
     if view not in outcome.label_maps:
         raise SegmentError(f"no {view!r} result for {outcome.name}; press Segment again")
     return outcome.label_maps[view]

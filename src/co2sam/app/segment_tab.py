@@ -14,7 +14,7 @@ from typing import Any
 
 from co2sam.app import segment as segmenting
 from co2sam.app.gradio_env import import_gradio
-from co2sam.app.models import ADAPTED
+from co2sam.app.models import ADAPTED, SEGMENTER
 
 gr = import_gradio()
 
@@ -27,8 +27,10 @@ class SegmentTab:
 
     # ------------------------------------------------------------------ handlers
     def class_list(self, text: str) -> tuple[str, ...]:
+        """The typed class names (background first); none are needed with the segmenter."""
+        box_free = bool(self.context.models.box_free_views())
         try:
-            return segmenting.parse_class_names(text)
+            return segmenting.parse_class_names(text, allow_empty=box_free)
         except segmenting.SegmentError as error:
             raise gr.Error(str(error)) from None
 
@@ -67,7 +69,7 @@ class SegmentTab:
         progress: Any = None,
     ) -> tuple[Any, ...]:
         """Segment the drawing panel's image (its boxes) and the batch (detector boxes)."""
-        class_names = self.class_list(class_text)
+        typed = self.class_list(class_text)
         taken: set[str] = set()
         inputs = []
         if drawing and drawing.get("image"):
@@ -91,16 +93,17 @@ class SegmentTab:
             if progress is not None:
                 progress((done, total), desc=f"segmenting {name}" if name else "done")
 
-        outcomes = segmenting.segment_images(
-            self.context.models,
-            inputs,
-            class_names,
-            max_pixels=self.context.max_pixels,
-            progress=report,
-        )
-        state = {"outcomes": outcomes, "class_names": class_names, "selected": 0}
-        views = list(self.context.models.views)
-        view = view if view in views else views[-1]
+        models = self.context.models
+        try:
+            outcomes = segmenting.segment_images(
+                models, inputs, typed, max_pixels=self.context.max_pixels, progress=report
+            )
+        except segmenting.SegmentError as error:
+            raise gr.Error(str(error)) from None
+        class_names, shown = models.class_lists(typed)
+        state = {"outcomes": outcomes, "class_names": class_names, "shown": shown, "selected": 0}
+        views = list(models.views)
+        view = view if view in views else default_view(views)
         return (state, gr.update(choices=views, value=view), *self.show(state, view))
 
     def show(self, state: dict[str, Any] | None, view: str) -> tuple[Any, ...]:
@@ -109,36 +112,40 @@ class SegmentTab:
             return None, None, [], None, "", ""
         outcomes = state["outcomes"]
         names = state["class_names"]
+        shown = state.get("shown", {}).get(view)
         selected = outcomes[min(state.get("selected", 0), len(outcomes) - 1)]
         colours = segmenting.class_colours(names)
-        if selected.error is None:
+        problem = selected.problem(view)
+        if problem is None:
             result = gr.update(
-                value=segmenting.annotated_view(selected, view, names),
+                value=segmenting.annotated_view(selected, view, names, shown),
                 color_map={name: colours[name] for name in names[1:]},
                 label=f"{selected.name}: {view}",
             )
-            areas = segmenting.area_rows(selected, view, names)
-            note = (
-                f"**{selected.name}** · {view} · open mode · "
-                f"{len(selected.boxes)} {selected.box_origin} box(es)"
+            areas = segmenting.area_rows(selected, view, names, shown)
+            used = (
+                "no boxes, no class names (the segmenter takes none)"
+                if view in selected.box_free
+                else f"{len(selected.boxes)} {selected.box_origin} box(es)"
             )
+            note = f"**{selected.name}** · {view} · open mode · {used}"
         else:
             result = gr.update(value=None, label=f"{selected.name}: error")
             areas = None
-            note = f"**{selected.name}**: error: {escape(selected.error)}"
+            note = f"**{selected.name}**: error: {escape(problem)}"
         gallery = [
-            (segmenting.thumbnail(outcome, view), segmenting.caption(outcome, view, names))
+            (segmenting.thumbnail(outcome, view), segmenting.caption(outcome, view, names, shown))
             for outcome in outcomes
         ]
         folder = Path(tempfile.mkdtemp(prefix="downloads-", dir=self.context.work_dir))
         files = segmenting.write_downloads(
             outcomes, view, names, folder, models_line=self.context.models.describe()
         )
-        failed = [outcome for outcome in outcomes if outcome.error is not None]
-        status = f"{len(outcomes) - len(failed)} of {len(outcomes)} image(s) segmented"
+        failed = [outcome for outcome in outcomes if outcome.problem(view) is not None]
+        status = f"{len(outcomes) - len(failed)} of {len(outcomes)} image(s) segmented ({view})"
         if failed:
             status += "; failed: " + "; ".join(
-                f"**{outcome.name}**: {escape(outcome.error or '')}" for outcome in failed
+                f"**{outcome.name}**: {escape(outcome.problem(view) or '')}" for outcome in failed
             )
         return result, areas, gallery, [str(path) for path in files] or None, note, status
 
@@ -196,20 +203,27 @@ class SegmentTab:
                     elem_id="batch",
                 )
                 button = gr.Button("Segment", variant="primary", elem_id="segment-btn")
-                gr.Markdown(
+                help_text = (
                     "Open mode: every box counts. Images without drawn boxes take the "
-                    "detector's (start the app with `--detector`).",
-                    elem_id="segment-help",
+                    "detector's (start the app with `--detector`)."
                 )
+                if SEGMENTER in context.models.views:
+                    help_text += (
+                        " The distilled segmenter needs no boxes and no class names: it "
+                        "segments every image into its own classes."
+                    )
+                gr.Markdown(help_text, elem_id="segment-help")
             with gr.Column(scale=1):
                 views = list(context.models.views)
                 view = gr.Radio(
                     choices=views,
-                    value=ADAPTED if ADAPTED in views else views[0],
-                    label="Model (same boxes): before / after adaptation",
+                    value=default_view(views),
+                    label=view_switch_label(views),
                     elem_id="view",
                 )
-                result = gr.AnnotatedImage(label="Result", elem_id="result")
+                # PNG, not Gradio's default WebP: lossless (the image as segmented, boxes
+                # drawn only where a view used them) and no 16,383-pixel side limit
+                result = gr.AnnotatedImage(label="Result", format="png", elem_id="result")
                 note = gr.Markdown(elem_id="result-note")
                 areas = gr.Dataframe(
                     headers=["class", "pixels", "% of image"],
@@ -249,6 +263,18 @@ class SegmentTab:
         button.click(segment, [drawing, batch, classes, view], [state, view, *shown])
         view.change(self.show, [state, view], shown)
         gallery.select(select, [state, view], [state, *shown])
+
+
+def default_view(views: Sequence[str]) -> str:
+    """The view shown first: the adapted SAM when there is one."""
+    return ADAPTED if ADAPTED in views else views[0]
+
+
+def view_switch_label(views: Sequence[str]) -> str:
+    """The model switch's title (the SAM views share the boxes; the segmenter takes none)."""
+    if SEGMENTER in views:
+        return "Model: before / after adaptation (same boxes), or the distilled segmenter"
+    return "Model (same boxes): before / after adaptation"
 
 
 def drawing_label(names: Sequence[str]) -> str:

@@ -25,6 +25,7 @@ def build_context(
 
     say = log or (lambda message: None)
     adapter, reviews, runs = settings.adapter, list(settings.review), settings.run_folders()
+    segmenter = settings.segmenter
     class_names = settings.classes
     examples: list[dict[str, Any]] = []
     data_root = settings.data_root
@@ -33,6 +34,7 @@ def build_context(
 
         workspace = prepare_demo_workspace(settings.demo_dir, log=say)
         adapter, reviews, runs = workspace.adapter, [workspace.review], [workspace.run]
+        segmenter = workspace.segmenter
         class_names = class_names or tuple(workspace.class_names[1:])
         examples = workspace.examples
     say("loading the models")
@@ -42,8 +44,12 @@ def build_context(
         device=settings.device,
         detector=settings.detector,
         prompt_config=config,
+        segmenter=segmenter,
     )
-    presets = class_presets(adapter, tuple(class_names))
+    segmenter_classes = None
+    if models.distilled is not None:
+        segmenter_classes = tuple(models.distilled.model.class_names[1:])
+    presets = class_presets(adapter, tuple(class_names), segmenter_classes)
     if not class_names and presets:
         class_names = next(iter(presets.values()))
     return AppContext(
@@ -58,14 +64,21 @@ def build_context(
     )
 
 
-def class_presets(adapter: str | None, current: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """Class lists to pick from: the adapter's training data, the app's own, VOC, COCO."""
+def class_presets(
+    adapter: str | None,
+    current: tuple[str, ...],
+    segmenter: tuple[str, ...] | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Class lists to pick from: the adapter's training data, the segmenter's classes, the
+    app's own, VOC, COCO."""
     from co2sam.classes import dataset_classes
 
     presets: dict[str, tuple[str, ...]] = {}
     trained = adapter_class_names(adapter) if adapter else None
     if trained:
         presets["the adapter's training data"] = trained
+    if segmenter and segmenter != trained:
+        presets["the segmenter's classes"] = segmenter
     if current and current != trained:
         presets["this app's default"] = current
     presets["PASCAL VOC (20 classes)"] = dataset_classes("voc")[1:]

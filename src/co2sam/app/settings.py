@@ -31,6 +31,8 @@ class AppSettings:
     """Adapter folder (``RUN/best``): the "adapted" side of the before/after switch."""
     detector: str | None = None
     """Detector (Grounding DINO or SAM 3) hub id or folder; without it, boxes are drawn."""
+    segmenter: str | None = None
+    """Segmenter folder of ``co2sam distill`` (``RUN/best``): a third view, no boxes."""
     classes: tuple[str, ...] = ()
     """Default class names of the Segment tab (without background)."""
     data_root: str | None = None
@@ -63,6 +65,14 @@ class AppSettings:
                 f"--adapter {self.adapter} is not an adapter folder (no co2sam_adapter.json); "
                 "give a training run's best/ or last/ folder"
             )
+        if (
+            self.segmenter is not None
+            and not (Path(self.segmenter) / "co2sam_segmenter.json").is_file()
+        ):
+            raise AppSettingsError(
+                f"--segmenter {self.segmenter} is not a segmenter folder (no "
+                "co2sam_segmenter.json); give a `co2sam distill` run's best/ or last/ folder"
+            )
         for folder in self.review:
             if not Path(folder).is_dir():
                 raise AppSettingsError(
@@ -79,8 +89,11 @@ class AppSettings:
 
     @property
     def demo(self) -> bool:
-        """Nothing given: the app opens the demo workspace (its data, run and labels)."""
-        return not (self.sam or self.adapter or self.review or self.runs or self.data_root)
+        """Nothing given: the app opens the demo workspace (its data, run, labels and
+        segmenter)."""
+        return not (
+            self.sam or self.adapter or self.segmenter or self.review or self.runs or self.data_root
+        )
 
     @property
     def max_file_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """What ``co2sam app`` opens when it is given nothing: a workspace made from the demo.
 
 Made once with the demo's own functions (:mod:`co2sam.demo.pipeline`: the generated
-target domain, the shipped demo SAM, the simulated detector, Co2SAM training), offline,
-in about a minute on 2 CPU cores, then kept (default: ``~/.cache/co2sam/app-demo-<version>``)
+target domain, the shipped demo SAM, the simulated detector, Co2SAM training; and
+:mod:`co2sam.demo.second_stage` for the distilled segmenter), offline, in under a
+minute on 2 CPU cores, then kept (default: ``~/.cache/co2sam/app-demo-<version>``)
 so later starts are instant (it is made again when the demo's code or data generator
 changes, see :func:`demo_fingerprint`):
 
@@ -11,11 +12,13 @@ changes, see :func:`demo_fingerprint`):
                            (simulated-detector boxes): csv/, checkpoints/, best/ -> Run tab
     pseudo_labels/         label-guided pseudo-labels of the target training split made
                            with train/best and the simulated detector's boxes -> Review tab
+    distill/               the demo's second stage on those pseudo-labels: a small
+                           SegFormer (best/ -> the Segment tab's segmenter view)
     app_workspace.json     written last: what the app reads (an unfinished workspace
                            has none and is made again)
 
-The Segment tab starts on plain SAM vs. ``train/best``, with a few target images and
-their simulated-detector boxes as examples.
+The Segment tab starts on plain SAM vs. ``train/best`` (and the distilled segmenter),
+with a few target images and their simulated-detector boxes as examples.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,7 @@ from co2sam import __version__
 
 READY_FILE = "app_workspace.json"
 MARKER_FILE = ".co2sam-app-workspace"
-WORKSPACE_FORMAT = 1
+WORKSPACE_FORMAT = 2
 EXAMPLES = 4
 
 
@@ -50,6 +53,8 @@ class DemoWorkspace:
     review: str
     data_root: str
     class_names: list[str]
+    segmenter: str = ""
+    """The distilled segmenter's folder (``distill/best``)."""
     examples: list[dict[str, Any]] = field(default_factory=list)
     """``{"image": path, "boxes": [{label, xmin, ymin, xmax, ymax}]}`` per example image."""
     format: int = WORKSPACE_FORMAT
@@ -58,12 +63,12 @@ class DemoWorkspace:
     """:func:`demo_fingerprint` of the code that made it."""
 
     def usable(self) -> bool:
-        paths = [self.adapter, self.run, self.review, self.data_root]
+        paths = [self.adapter, self.run, self.review, self.data_root, self.segmenter]
         paths += [example["image"] for example in self.examples]
         return (
             self.format == WORKSPACE_FORMAT
             and self.fingerprint == demo_fingerprint()
-            and all(Path(path).exists() for path in paths)
+            and all(path and Path(path).exists() for path in paths)
         )
 
 
@@ -96,13 +101,15 @@ def prepare_demo_workspace(
     *,
     overrides: Sequence[str] = (),
     limit: int | None = None,
+    distill_steps: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> DemoWorkspace:
     """The workspace in ``folder`` (default :func:`default_workspace_dir`), made if needed.
 
     overrides: extra ``section.field=value`` settings of the demo's training.
-    limit: train, validate and make pseudo-labels on the first N images of each split
-        only (a smaller workspace, made in seconds).
+    limit: train, validate, make pseudo-labels and distill on the first N images of each
+        split only (a smaller workspace, made in seconds).
+    distill_steps: optimizer steps of the distilled segmenter (default: the demo's 150).
     Two apps starting at once wait for each other (a file lock).
     """
     from filelock import FileLock
@@ -115,16 +122,20 @@ def prepare_demo_workspace(
         if ready is not None:
             return ready
         _clear_unfinished(folder)
-        say(f"making the demo workspace in {folder} (once; about a minute on 2 CPU cores)")
+        say(f"making the demo workspace in {folder} (once; under a minute on 2 CPU cores)")
         if limit is not None:
             overrides = [*overrides, f"train.limit_train={limit}", f"train.limit_val={limit}"]
-        workspace = _make(folder, list(overrides), limit, say)
+        workspace = _make(folder, list(overrides), limit, distill_steps, say)
         (folder / READY_FILE).write_text(json.dumps(asdict(workspace), indent=2) + "\n")
         return workspace
 
 
 def _make(
-    folder: Path, overrides: list[str], limit: int | None, say: Callable[[str], None]
+    folder: Path,
+    overrides: list[str],
+    limit: int | None,
+    distill_steps: int | None,
+    say: Callable[[str], None],
 ) -> DemoWorkspace:
     from co2sam.demo.pipeline import adapt, demo_config, demo_settings, prepare_data
     from co2sam.metrics import write_report
@@ -154,6 +165,8 @@ def _make(
         limit=limit,
         progress=False,
     )
+    say("a distilled segmenter on those pseudo-labels (the demo's second stage)")
+    segmenter = _distill(folder, data, review, limit, distill_steps)
     class_names = list(data.target_train.class_names)
     write_report(
         review / "report.json",
@@ -195,9 +208,31 @@ def _make(
         review=str(review),
         data_root=str(config.data.root),
         class_names=class_names,
+        segmenter=str(segmenter),
         examples=examples,
         fingerprint=demo_fingerprint(),
     )
+
+
+def _distill(
+    folder: Path, data: Any, pseudo_labels: Path, limit: int | None, steps: int | None
+) -> Path:
+    """The demo's second stage (a small SegFormer from scratch on the pseudo-labels,
+    validated on the target's val masks at the end); returns its best/ folder."""
+    from co2sam.demo.second_stage import distill_config, second_stage_settings
+    from co2sam.distill.loop import distill
+
+    settings = second_stage_settings(quick=True)
+    if steps is not None:
+        settings = replace(settings, iterations=steps)
+    if limit is not None:  # a batch must fit in the images kept
+        settings = replace(settings, batch_size=min(settings.batch_size, limit))
+    limits = [] if limit is None else [f"train.limit_train={limit}", f"train.limit_val={limit}"]
+    config = distill_config(settings, pseudo_labels, folder / "distill", limits)
+    result = distill(
+        config, train_dataset=data.target_train, val_dataset=data.target_val, progress=False
+    )
+    return result.best_dir or result.last_dir
 
 
 def _read_ready(folder: Path) -> DemoWorkspace | None:

@@ -30,6 +30,11 @@ def distill(
         None,
         help="Hub id or local folder of that architecture, e.g. nvidia/mit-b2 (model.pretrained).",
     ),
+    exclude: Path | None = typer.Option(
+        None,
+        help="A file of image ids to leave out of training, one per line (data.exclude), "
+        "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
+    ),
     min_confidence: float | None = typer.Option(
         None,
         help="Ignore pixels whose pseudo-label confidence is below this "
@@ -92,6 +97,7 @@ def distill(
         out = run_dir
     flags = {
         "data.root": data_root,
+        "data.exclude": exclude.resolve() if exclude else None,
         "pseudo_labels.dir": pseudo_labels,
         "pseudo_labels.min_confidence": min_confidence,
         "model.architecture": architecture,
@@ -134,6 +140,8 @@ def distill(
         fail(str(error))
         return
     summary = f"step {result.step}, epoch {result.epoch}; run folder {result.run_dir}"
+    if cfg.data.exclude:
+        summary += f"; {len(result.excluded)} image(s) excluded"
     if result.best is not None:
         summary += (
             f"; best val mIoU {100 * result.best['miou']:.1f} ({result.best['mode']} mode) "

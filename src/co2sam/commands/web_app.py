@@ -13,6 +13,11 @@ def app(
     adapter: Path | None = typer.Option(
         None, help="Adapter folder (RUN/best): the 'adapted' side of the before/after switch."
     ),
+    segmenter: Path | None = typer.Option(
+        None,
+        help="Segmenter folder of `co2sam distill` (RUN/best): a third view that needs no "
+        "boxes, detector or class names.",
+    ),
     sam: str | None = typer.Option(
         None, help="SAM weights (default: the adapter's base, else the demo SAM)."
     ),
@@ -53,11 +58,12 @@ def app(
     overrides: list[str] | None = SetOption,
 ) -> None:
     """A local web page: segment your images (boxes drawn or detected, plain SAM vs. the
-    adapted model), review pseudo-labels image by image and flag bad ones, and plot a
-    training run.
+    adapted model, or the distilled segmenter without boxes), review pseudo-labels image by
+    image and flag bad ones, and plot a training run.
 
-    Given nothing, it opens a workspace made once from the demo (offline, about a minute on
-    2 CPU cores): the demo SAM and its adapted run, and pseudo-labels of the demo's data.
+    Given nothing, it opens a workspace made once from the demo (offline, under a minute on
+    2 CPU cores): the demo SAM and its adapted run, pseudo-labels of the demo's data and a
+    segmenter distilled from them.
     """
     from co2sam.app.settings import AppSettings, AppSettingsError
 
@@ -66,6 +72,7 @@ def app(
         settings = AppSettings(
             sam=sam,
             adapter=str(adapter) if adapter else None,
+            segmenter=str(segmenter) if segmenter else None,
             detector=detector,
             classes=tuple(n.strip() for n in (classes or "").split(",") if n.strip()),
             data_root=str(data_root) if data_root else None,

@@ -18,6 +18,7 @@ After Co2SAM has adapted the demo SAM, the demo
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,17 @@ def second_stage_settings(*, quick: bool = False) -> SecondStageSettings:
     return SecondStageSettings(timed_images=8) if quick else SecondStageSettings()
 
 
-def distill_config(settings: SecondStageSettings, pseudo_labels: Path, out_dir: Path) -> Any:
-    """The demo's DistillConfig: SegFormer's recipe scaled to 128 px and a CPU."""
+def distill_config(
+    settings: SecondStageSettings,
+    pseudo_labels: Path,
+    out_dir: Path,
+    overrides: Sequence[str] = (),
+) -> Any:
+    """The demo's DistillConfig: SegFormer's recipe scaled to 128 px and a CPU.
+
+    overrides: more ``section.field=value`` settings (the app's small workspace limits
+    the images).
+    """
     from co2sam.distill.config import load_distill_config
 
     return load_distill_config(
@@ -68,6 +78,7 @@ def distill_config(settings: SecondStageSettings, pseudo_labels: Path, out_dir: 
             "optim.warmup_steps=20",
             f"optim.lr={settings.lr}",
             "eval.scale=[512,128]",
+            *overrides,
         ],
     )
 

@@ -81,6 +81,7 @@ class DistillResult:
 
     net: the trained network (on the training device). best: ``{"step", "miou",
     "mode"}`` of the best validation, or None. history: one record per validation.
+    excluded: ids left out of the training split by ``data.exclude``.
     """
 
     run_dir: Path
@@ -91,6 +92,7 @@ class DistillResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_dir: Path | None = None
     last_dir: Path | None = None
+    excluded: list[str] = field(default_factory=list)
 
 
 def distill(
@@ -106,7 +108,8 @@ def distill(
 
     net: the network to train (default: ``model.architecture`` from ``model.pretrained``).
     train_dataset / val_dataset: SegmentationDatasets (default: ``data.train_split`` /
-        ``data.val_split`` of ``data.root``; ``train.limit_train`` applies).
+        ``data.val_split`` of ``data.root``; ``data.exclude``, then ``train.limit_train``,
+        apply to the training split).
     resume: True continues from ``<train.out_dir>/checkpoints/last.pt`` (or the newest
         readable ``epoch-XXX.pt``); a path restarts from that checkpoint file.
     Raises :class:`DistillInterrupted` after a stop signal (state saved).
@@ -132,7 +135,10 @@ def distill(
     if resume_point is not None:
         check_distill_checkpoint(resume_point.state, run_dir)
 
-    train_dataset, val_dataset = _datasets(config, train_dataset, val_dataset)
+    train_dataset, val_dataset, exclusion = _datasets(config, train_dataset, val_dataset)
+    if exclusion is not None and rank_zero:
+        summary = exclusion.summary(config.data.exclude, config.data.train_split)
+        fabric.print(summary, file=sys.stderr)
     folder = PseudoLabelFolder.find(config.pseudo_labels.dir)
     min_confidence = config.pseudo_labels.min_confidence
     check_pseudo_labels(train_dataset, folder, confidence=min_confidence > 0)
@@ -285,6 +291,7 @@ def distill(
         history=state["history"],
         best_dir=best_dir if best_dir.is_dir() else None,
         last_dir=last_dir,
+        excluded=exclusion.excluded if exclusion is not None else [],
     )
 
 
@@ -357,11 +364,19 @@ def _check_batch(net: SegmentationNet, per_process: int) -> None:
         )
 
 
-def _datasets(config: DistillConfig, train_dataset: Any, val_dataset: Any) -> tuple[Any, Any]:
+def _datasets(config: DistillConfig, train_dataset: Any, val_dataset: Any) -> tuple[Any, Any, Any]:
+    """The training split (without ``data.exclude``'s ids, first ``train.limit_train``),
+    the validation split, and the :class:`co2sam.data.exclude.Exclusion` (None without
+    ``data.exclude``)."""
     from co2sam.data import build_dataset
 
     if train_dataset is None:
         train_dataset = build_dataset(config.data, config.data.train_split)
+    exclusion = None
+    if config.data.exclude:
+        from co2sam.data.exclude import exclude_ids, read_id_list
+
+        train_dataset, exclusion = exclude_ids(train_dataset, read_id_list(config.data.exclude))
     train_dataset = _limited(train_dataset, config.train.limit_train)
     if val_dataset is None and config.train.val_every > 0:
         val_dataset = build_dataset(config.data, config.data.val_split)
@@ -370,7 +385,7 @@ def _datasets(config: DistillConfig, train_dataset: Any, val_dataset: Any) -> tu
             f"validation split {config.data.val_split!r} has no masks; choose another "
             "data.val_split or set train.val_every=0"
         )
-    return train_dataset, val_dataset
+    return train_dataset, val_dataset, exclusion
 
 
 def _limited(dataset: Any, limit: int | None) -> Any:
