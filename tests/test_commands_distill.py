@@ -69,3 +69,36 @@ def test_distill_needs_matching_pseudo_labels(voc, tmp_path):
 def test_export_refuses_a_folder_that_is_not_a_segmenter(tmp_path):
     result = runner.invoke(app, ["export", "--segmenter", str(tmp_path), "--onnx", "m.onnx"])
     assert result.exit_code == 2 and "not a co2sam segmenter folder" in _text(result)
+
+
+def test_distill_leaves_out_the_flagged_images(voc, tmp_path):
+    import shutil
+
+    import yaml
+
+    ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    pseudo = tmp_path / "pseudo"
+    shutil.copytree(voc / "SegmentationClass", pseudo / "SegmentationClass")
+    (pseudo / "SegmentationClass" / f"{ids[1]}.png").unlink()  # a flagged image's label gone
+    flagged = tmp_path / "flagged.txt"
+    flagged.write_text(f"# from the Review tab\n{ids[1]}\n\nnot_an_image\n")
+    arguments = [*_arguments(voc, tmp_path / "run"), "--pseudo-labels", str(pseudo)]
+
+    refused = runner.invoke(app, arguments)
+    assert refused.exit_code == 2 and "1 problem(s) in 4 images" in _text(refused)
+    result = runner.invoke(app, [*arguments, "--exclude", str(flagged)])
+    assert result.exit_code == 0, result.output
+    output = _text(result)
+    assert "left out 1 image(s) of split 'train'" in output
+    assert "1 listed id(s) are not in it (not_an_image)" in output
+    assert "step 2, epoch 2" in output  # 3 images left, 2 per step: one step per epoch
+    assert "1 image(s) excluded" in output
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["exclude"] == str(flagged.resolve())
+
+
+def test_distill_refuses_an_unreadable_exclude_list(voc, tmp_path):
+    arguments = [*_arguments(voc, tmp_path / "run"), "--pseudo-labels", str(voc)]
+    result = runner.invoke(app, [*arguments, "--exclude", str(tmp_path / "missing.txt")])
+    assert result.exit_code == 2
+    assert "cannot read the list of images to exclude" in _text(result)
