@@ -41,7 +41,7 @@ def BoxFiller(detect=None, segmenter=False):  # noqa: N802 (stands in for a clas
 
     models.views = {"plain SAM": View(filler(0)), "adapted (Co2SAM)": View(filler(2))}
     if segmenter:
-        models.views["segmenter"] = View(top_half_bird, class_names=SEGMENTER_CLASSES)
+        models.views["segmenter"] = View(top_half_bird, SEGMENTER_CLASSES, needs_boxes=False)
     return models
 
 

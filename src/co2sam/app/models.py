@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from co2sam.app.paths import short_path
-from co2sam.records import Boxes
+from co2sam.records import Boxes, Sample
 
 PLAIN = "plain SAM"
 ADAPTED = "adapted (Co2SAM)"
@@ -41,14 +41,12 @@ class View:
     label_map: see :data:`LabelFn`.
     class_names: the classes the view can output (background first) when it has its own
         (the segmenter's); None: the class names typed on the page (SAM with boxes).
+    needs_boxes: False for a view that segments an image without box prompts.
     """
 
     label_map: LabelFn
     class_names: tuple[str, ...] | None = None
-
-    @property
-    def needs_boxes(self) -> bool:
-        return self.class_names is None
+    needs_boxes: bool = True
 
 
 def class_key(name: str) -> str:
@@ -115,7 +113,7 @@ class AppModels:
             self.views[ADAPTED] = View(self._adapted)
         if distilled is not None:
             own = tuple(distilled.model.class_names)
-            self.views[SEGMENTER] = View(self._distilled, class_names=own)
+            self.views[SEGMENTER] = View(self._distilled, class_names=own, needs_boxes=False)
 
     @classmethod
     def load(
@@ -211,15 +209,13 @@ class AppModels:
 
     def _distilled(self, image: np.ndarray, boxes: Boxes, class_names: Sequence[str]) -> np.ndarray:
         """The segmenter's open-mode label map (``boxes`` unused), in ``class_names``."""
-        from co2sam.records import Sample
-
         with torch.inference_mode():
             (output,) = self.distilled.predict([Sample(image, None, [], "upload")], ("open",))
         own = output.label_maps["open"].cpu().numpy()
         return index_map(self.distilled.model.class_names, class_names)[own]
 
     def describe(self) -> str:
-        """One line for the page: which SAM, adapter and detector are loaded."""
+        """One line for the page: which SAM, adapter, detector and segmenter are loaded."""
         parts = [f"SAM: {short_path(self.base, 1)}"]
         adapter = (
             f"adapter: {short_path(self.adapter)}" if self.adapter else "no adapter (--adapter)"

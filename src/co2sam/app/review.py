@@ -19,7 +19,7 @@ Per-image scores, to look at the worst images first:
   folder was made from.
 
 Flags: :meth:`ReviewFolder.flag` appends the id to ``flagged.txt`` in the folder, the
-file ``co2sam train --exclude`` takes.
+file ``co2sam train --exclude`` and ``co2sam distill --exclude`` take.
 """
 
 from __future__ import annotations

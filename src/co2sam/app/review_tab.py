@@ -198,7 +198,8 @@ class ReviewTab:
             flag = gr.Button("Flag", variant="stop", elem_id="review-flag")
         gr.Markdown(
             "Keys: ← / → (or k / j) previous / next, f flag. Flagged ids go to `flagged.txt` "
-            "in the folder: `co2sam train --exclude` leaves them out.",
+            "in the folder: `co2sam train --exclude` and `co2sam distill --exclude` leave "
+            "them out.",
             elem_id="review-help",
         )
 

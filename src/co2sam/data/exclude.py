@@ -1,4 +1,5 @@
-"""Leaving listed images out of a training split (``--exclude flagged.txt``).
+"""Leaving listed images out of a training split (``co2sam train`` and ``co2sam distill``
+``--exclude flagged.txt``).
 
 The list is a text file of image ids, one per line, as the Review tab of ``co2sam app``
 writes it (``flagged.txt`` in a pseudo-label or evaluation folder). Blank lines and
