@@ -113,7 +113,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(
         fit(config, progress=False)
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 2, 2)
+    assert (state["step"], state["epoch"], state["seen_in_epoch"]) == (8, 2, 2)
     with pytest.raises(RunDirError, match="--resume"):
         fit(config, progress=False)
 
@@ -158,10 +158,10 @@ def test_a_kill_during_validation_loses_no_training(data_root, tmp_path, monkeyp
     config = _config(data_root, tmp_path / "run", "train.val_every=1", "train.epochs=2")
     real_validate = loop.validate
 
-    def killed_in_epoch_2(fabric, config, segmenter, dataset, boxes_fn, state, bar):
+    def killed_in_epoch_2(fabric, config, segmenter, dataset, boxes_fn, state, bar, signals):
         if state["epoch"] == 2:
             raise Crash("killed while validating")
-        real_validate(fabric, config, segmenter, dataset, boxes_fn, state, bar)
+        real_validate(fabric, config, segmenter, dataset, boxes_fn, state, bar, signals)
 
     monkeypatch.setattr(loop, "validate", killed_in_epoch_2)
     with pytest.raises(Crash):
@@ -250,7 +250,10 @@ def test_cli_train_then_resume(data_root, tmp_path):
         app, ["train", "--resume", str(epoch_1), "--max-steps", "5", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    assert f"resuming from {epoch_1}: step 3, epoch 1" in " ".join(result.output.split())
+    # epochs count from 1, as in epoch-001.pt (the state at the end of the first epoch)
+    assert f"resuming from {epoch_1}: step 3, after epoch 1 of 50" in " ".join(
+        result.output.split()
+    )
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 5
     result = runner.invoke(app, args)  # the folder already holds a run
     assert result.exit_code == 2 and "--resume" in result.output

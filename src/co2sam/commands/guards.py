@@ -92,7 +92,22 @@ def output_errors(folder: str | Path | None = None) -> Iterator[None]:
         if not _is_failed_write(error):
             raise
         where = f" in {folder}" if folder else ""
+        if folder is not None and _nearly_full(Path(folder)):
+            fail(f"cannot write{where}: No space left on device; {_HINTS[errno.ENOSPC]}")
         fail(f"cannot write{where}: {' '.join(str(error).split())}; is the disk full?")
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB free where ``folder`` (or its nearest existing parent) lives."""
+    import shutil
+
+    for place in (folder, *folder.parents):
+        if place.exists():
+            try:
+                return shutil.disk_usage(place).free < 2**20
+            except OSError:
+                return False
+    return False
 
 
 def _is_failed_write(error: Exception) -> bool:

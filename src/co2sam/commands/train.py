@@ -56,8 +56,10 @@ def train(
     resume: Path | None = typer.Option(
         None,
         help="Continue the run in this folder from its last checkpoint (or the newest "
-        "readable one), or restart from one checkpoint file (RUN/checkpoints/epoch-003.pt). "
-        "Its config.yaml is used; --set and the flags above still apply (e.g. --max-steps).",
+        "readable one), or restart from one checkpoint file (RUN/checkpoints/epoch-003.pt; "
+        "what came after it is moved to RUN/abandoned-<time>/). Its config.yaml is used "
+        "(no --config); --set and the flags above apply where a resumed run can honour "
+        "them (README, Long runs).",
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -79,10 +81,19 @@ def train(
         run_dir, resume_from = resume, True
         if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
             run_dir, resume_from = resume.parent.parent, resume
+        elif not resume.exists():
+            fail(f"--resume {resume}: no such run folder or checkpoint file")
+        elif not resume.is_dir():
+            fail(f"--resume {resume}: not a run folder or a checkpoint file")
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
-        config = config or str(saved)
+        if config is not None:
+            fail(
+                f"--config {config} cannot be used with --resume: the run's own {saved} is "
+                "its config; change single fields with --set (or start a new run with --out)"
+            )
+        config = str(saved)
         out = run_dir
     flags: dict[str, object] = {
         "data.root": data_root,
@@ -127,7 +138,7 @@ def train(
         raise typer.Exit(stopped.exit_code) from None
     except PreflightError as error:
         print_preflight_problems(error)
-        fail(str(error), code=1)
+        _fail_once(str(error), code=1)
         return
     except (
         BoxCacheError,
@@ -137,7 +148,10 @@ def train(
         NonFiniteLossError,
         RunDirError,
     ) as error:
-        fail(str(error))
+        # Every process meets these together (they agree on them): say it once.
+        _fail_once(str(error))
+        return
+    if result.rank != 0:
         return
     summary = f"step {result.step}, epoch {result.epoch}; run folder {result.run_dir}"
     if result.skipped_images:
@@ -145,6 +159,15 @@ def train(
     console.print(f"[green]trained[/] {summary}")
     for line in checkpoint_lines(result, cfg.data.val_split):
         console.print(line)
+
+
+def _fail_once(message: str, code: int = 2) -> None:
+    """:func:`fail` on the main process; the other processes of a DDP run exit quietly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        raise typer.Exit(code)
+    fail(message, code=code)
 
 
 def checkpoint_lines(result, val_split: str) -> list[str]:

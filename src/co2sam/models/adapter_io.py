@@ -12,24 +12,25 @@ plain ``SamModel``, e.g. ``vision_encoder.layers.0.attn.qkv.q.lora_A.weight``) a
 :mod:`co2sam.models.families`); folders written before it existed are SAM ones. An
 adapter loads only onto a model of the same family and architecture (fingerprint).
 
-Both files are written to temporary names and renamed, so a folder never holds a
-half-written adapter.
+Both files are written to temporary names and renamed, with the permissions ``open()``
+would give them (the umask), so a folder never holds a half-written adapter
+(:func:`co2sam.atomic_files.write_atomically`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from transformers import PreTrainedModel
 
+from co2sam.atomic_files import write_atomically
 from co2sam.models.families import FAMILIES, family_of
 from co2sam.models.lora import attach_lora, is_lora_name, lora_target_modules
 
@@ -56,17 +57,6 @@ def adapter_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
         for name, param in model.named_parameters()
         if is_lora_name(name)
     }
-
-
-def _write_atomically(path: Path, write) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 def save_adapter(
@@ -97,12 +87,9 @@ def save_adapter(
         "extra": extra or {},
     }
     text = json.dumps(metadata, indent=2, default=str)
-    state = adapter_state_dict(model)
-    _write_atomically(
-        folder / WEIGHTS_FILE,
-        lambda temp: save_file(state, temp, metadata={"format": "pt"}),
-    )
-    _write_atomically(folder / METADATA_FILE, lambda temp: Path(temp).write_text(text))
+    weights = save_safetensors(adapter_state_dict(model), metadata={"format": "pt"})
+    write_atomically(folder / WEIGHTS_FILE, lambda file: file.write(weights))
+    write_atomically(folder / METADATA_FILE, lambda file: file.write(text.encode()))
     return folder
 
 

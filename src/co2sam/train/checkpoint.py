@@ -5,7 +5,12 @@ holds only plain containers, numbers, strings and tensors, so it loads without
 unpickling arbitrary objects:
 
 - ``format_version``, ``step`` (optimizer steps), ``epoch`` (epochs completed) and
-  ``batch_in_epoch`` (batches of the current epoch already consumed);
+  ``seen_in_epoch`` (images of the current epoch's order already used, over all
+  processes; older checkpoints have ``batch_in_epoch``, batches per process);
+- the session's geometry: ``world_size`` (processes), ``batch_size`` (per process),
+  ``epoch_size`` (training images) and ``step_images`` (images the optimizer steps
+  covered, what ``optim.schedule_unit: image`` counts), so a run resumed with other
+  ones continues exactly (co2sam.train.resume);
 - ``lora``: the LoRA tensors, selected by parameter NAME (state-dict tensors are
   detached, so ``requires_grad`` cannot tell them apart);
 - ``optimizer``, ``scheduler``: their state dicts;
@@ -13,24 +18,23 @@ unpickling arbitrary objects:
 - ``config``: the resolved config; ``best``: the best validation result so far.
 
 Files are written to a temporary name in the same folder (``.<name>.<random>.tmp``) and
-renamed with ``os.replace``: a crash while saving never leaves a half-written ``last.pt``,
-at most a temporary file that the next start removes (``run_dir.tidy_run_dir``).
+renamed (:func:`co2sam.atomic_files.write_atomically`): a crash while saving never leaves
+a half-written ``last.pt``, at most a temporary file that the next start removes
+(``run_dir.tidy_run_dir``); a full disk is an ``OSError`` naming the checkpoint.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from co2sam.atomic_files import write_atomically
 from co2sam.models.lora import is_lora_name
 
 FORMAT_VERSION = 1
@@ -116,34 +120,15 @@ def _to_lists(value: Any) -> Any:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    return _write_atomically(
-        Path(path), lambda file: torch.save({"format_version": FORMAT_VERSION, **state}, file)
+    return write_atomically(
+        path, lambda file: torch.save({"format_version": FORMAT_VERSION, **state}, file)
     )
 
 
 def copy_checkpoint(source: str | Path, target: str | Path) -> Path:
     """Copy a checkpoint file atomically (``epoch-XXX.pt`` from ``last.pt``)."""
     with open(source, "rb") as reader:
-        return _write_atomically(Path(target), lambda file: shutil.copyfileobj(reader, file))
-
-
-def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give what open() would (umask)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(handle, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
+        return write_atomically(target, lambda file: shutil.copyfileobj(reader, file))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -5,8 +5,9 @@ uninterrupted one (on any number of workers):
 - the order of an epoch depends only on ``(seed, epoch)`` (:class:`EpochSampler`);
 - the augmentation of one sample depends only on ``(seed, epoch, index)``
   (:meth:`TrainingSet.sample_rng`), never on a worker's or the process's RNG;
-- resuming at batch ``k`` of an epoch starts the sampler ``k * batch_size`` samples
-  in, without loading the skipped images.
+- a checkpoint records how far into the epoch's order the run got (over all
+  processes), and the sampler starts there without loading the skipped images, also
+  with another number of processes or batch size (:class:`EpochSampler`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from co2sam.records import Boxes, Sample
@@ -125,9 +127,16 @@ class EpochSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled by ``(seed, epoch)``) that can start mid-epoch.
 
     Works without an initialised process group when ``num_replicas`` and ``rank`` are
-    given (single process: 1 and 0). ``set_position(epoch, start)`` is the only way to
-    choose the epoch: it fixes the shuffle and skips the first ``start`` indices of this
-    rank's share, so a resumed run continues exactly.
+    given (single process: 1 and 0). ``set_position`` is the only way to choose the
+    epoch: it fixes the shuffle and where in it this pass starts, so a resumed run
+    continues exactly.
+
+    An epoch's *order* is one permutation of the dataset. Process ``r`` of ``W`` takes
+    positions ``r, r + W, r + 2W, ...`` of it (padded, as ``DistributedSampler`` pads,
+    with the order's first images so that every process gets as many), so after ``k``
+    batches of ``B`` on every process the first ``k * B * W`` positions are used: the
+    position in the order, ``consumed``, is all a checkpoint needs, and a run resumed
+    with another number of processes or batch size deals out the rest of the same order.
 
     ``set_epoch`` is ignored on purpose: Lightning Fabric's dataloader wrapper calls
     ``sampler.set_epoch(n)`` before every pass with n = how many times that loader was
@@ -139,22 +148,48 @@ class EpochSampler(DistributedSampler):
         self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.consumed = 0
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Ignored (see the class docstring): use :meth:`set_position`."""
 
-    def set_position(self, epoch: int, start: int = 0) -> None:
-        self.epoch = int(epoch)  # what DistributedSampler.__iter__ shuffles with
+    def set_position(self, epoch: int, start: int = 0, *, consumed: int = 0) -> None:
+        """Iterate epoch ``epoch`` from position ``consumed`` of its order (used by all
+        processes so far), then skip the first ``start`` indices of this rank's share."""
+        if not 0 <= consumed <= self.dataset_size:
+            raise ValueError(f"position {consumed} is outside an epoch of {self.dataset_size}")
+        self.epoch = int(epoch)  # the shuffle's seed is seed + epoch
+        self.consumed = int(consumed)
         self.start = int(start)
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """Batches of a full epoch on this rank (the last one may be short)."""
         return math.ceil(self.num_samples / batch_size)
 
+    def epoch_order(self) -> list[int]:
+        """The permutation of the current epoch (``DistributedSampler``'s, unpadded)."""
+        if not self.shuffle:
+            return list(range(self.dataset_size))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.dataset_size, generator=generator).tolist()
+
+    def _share(self) -> list[int]:
+        order = self.epoch_order()
+        rest = order[self.consumed :]
+        padding = -len(rest) % self.num_replicas
+        if padding and order:
+            rest += (order * math.ceil(padding / len(order)))[:padding]
+        return rest[self.rank :: self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
+        return iter(self._share()[self.start :])
 
     def __len__(self) -> int:
-        return max(self.num_samples - self.start, 0)
+        remaining = math.ceil((self.dataset_size - self.consumed) / self.num_replicas)
+        return max(remaining - self.start, 0)

@@ -13,13 +13,18 @@ adapter. A run folder (``train.out_dir``) holds::
 
 Exact resume: the epoch order depends on (seed, epoch) only (the sampler ignores
 Fabric's per-process ``set_epoch`` count), each sample's augmentation on (seed, epoch,
-index), and the checkpoint stores the position inside the epoch, so a run killed at any
-step and resumed skips the batches already seen and reaches the same weights as an
-uninterrupted one: bit for bit on CPU with ``train.template_cache_gib=0``, on any number
-of processes and loader workers; with the template cache (the default) to float
-rounding, because the resumed process starts with an empty cache and recomputes
-T-teacher outputs in other batch compositions. SIGTERM / SIGINT save and stop at the next
-step boundary (:mod:`co2sam.train.interrupt`).
+index), and the checkpoint stores how far into the epoch's order the run got, so a run
+killed at any step and resumed skips the images already seen and reaches the same
+weights as an uninterrupted one: bit for bit on CPU with ``train.template_cache_gib=0``,
+on any number of processes and loader workers; with the template cache (the default) to
+float rounding, because the resumed process starts with an empty cache and recomputes
+T-teacher outputs in other batch compositions. Resumed with another number of processes
+or batch size, the run trains on the rest of the same epoch (each image once).
+SIGTERM / SIGINT save and stop at the next step boundary, or between two validation
+batches (:mod:`co2sam.train.interrupt`). The run folder is locked for the run and a fresh
+run needs an empty one (:mod:`co2sam.train.run_dir`); restarting from an older
+checkpoint moves the later history aside (:mod:`co2sam.train.abandoned`); what may change
+on resume is in :mod:`co2sam.train.resume`.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, check
 from co2sam.losses import LOSS_NAMES
 from co2sam.parallel import from_fabric
 from co2sam.records import Boxes, Sample
+from co2sam.train.abandoned import rebuild_best, set_aside_abandoned
 from co2sam.train.checkpoint import (
     copy_checkpoint,
     epoch_checkpoint_path,
     last_checkpoint_path,
+    load_checkpoint,
     load_lora_state_dict,
     set_rng_state,
 )
@@ -57,12 +64,21 @@ from co2sam.train.interrupt import (
     stop_signals,
 )
 from co2sam.train.monitor import TrainProgress, make_loggers
+from co2sam.train.resume import (
+    absolute_paths,
+    check_changes,
+    check_checkpoint_kind,
+    epoch_position,
+    epoch_steps_left,
+    reapply_optim,
+    scheduled_images,
+)
 from co2sam.train.run_dir import (
+    ResumePoint,
     RunDirError,
-    open_run_dir,
+    RunFolder,
     save_adapter_folder,
     save_state,
-    tidy_run_dir,
 )
 from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
@@ -106,6 +122,8 @@ class FitResult:
     skipped_steps: int = 0
     template_cache_hit_rate: float | None = None
     """Share of T-teacher lookups this process served from its template cache."""
+    rank: int = 0
+    """This process's rank (DDP): only rank 0 should report."""
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -172,34 +190,75 @@ def fit(
     boxes_fn / val_boxes_fn: ``Sample -> Boxes`` (default: ``prompts.box_source``).
     resume: True continues from ``<train.out_dir>/checkpoints/last.pt`` (or, if it is
         missing or unreadable, the newest readable ``epoch-XXX.pt``, saying so); a path
-        restarts from that checkpoint file (e.g. an older ``epoch-XXX.pt``).
+        restarts from that checkpoint file (e.g. an older ``epoch-XXX.pt``; what the run
+        wrote after it is moved aside: :mod:`co2sam.train.abandoned`). The config may
+        differ from the checkpoint's where :mod:`co2sam.train.resume` allows it.
+    The run folder is locked for the run (:class:`co2sam.train.run_dir.RunFolder`); a
+    fresh run needs an empty or new one. The config written there has absolute paths.
     SIGTERM / SIGINT (and SIGUSR1 under SLURM: save, then ``scontrol requeue``) stop the
-    run at the next step boundary with its state saved: :class:`TrainingInterrupted`.
+    run at the next step boundary, or between two validation batches, with its state
+    saved: :class:`TrainingInterrupted`.
     With ``train.devices``/``train.num_nodes`` > 1 this runs DDP; launched from a
     script, Fabric starts the other local processes by re-running the command.
     """
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
+    config = absolute_paths(config)
     train = config.train
-    accelerator = train.accelerator
     world = train.devices * train.num_nodes
     # SAM's buffers are constants: no per-forward buffer broadcast, so forwards need no
     # collective and a process without boxes can join a step with one dummy forward.
     fabric = Fabric(
-        accelerator=accelerator,
+        accelerator=train.accelerator,
         devices=train.devices,
         num_nodes=train.num_nodes,
         strategy=DDPStrategy(**_no_buffer_sync()) if world > 1 else "auto",
-        precision=resolve_precision(train.precision, accelerator),  # type: ignore[arg-type]
+        precision=resolve_precision(train.precision, train.accelerator),  # type: ignore[arg-type]
     )
     fabric.launch()
+    folder = RunFolder(train.out_dir)
+    try:
+        resume_point = _claim(fabric, folder, resume)
+        return _train(
+            fabric, config, resume_point, progress=progress, segmenter=segmenter,
+            datasets=(train_dataset, val_dataset), boxes_fns=(boxes_fn, val_boxes_fn),
+        )  # fmt: skip
+    finally:
+        folder.release()
+
+
+def _claim(fabric: Any, folder: RunFolder, resume: bool | str | Path) -> ResumePoint | None:
+    """The main process claims the run folder; every process gets its verdict (and the
+    checkpoint to resume from), so all of them go on or stop with the same error."""
+    verdict: tuple[BaseException | None, Path | None] = (None, None)
+    point = None
+    if fabric.global_rank == 0:
+        try:
+            point, notes = folder.claim(resume)
+            for note in notes:
+                fabric.print(note, file=sys.stderr)
+            verdict = (None, None if point is None else point.path)
+        except Exception as error:
+            verdict = (error, None)
+    if fabric.world_size > 1:
+        verdict = fabric.broadcast(verdict, src=0)
+    error, path = verdict
+    if error is not None:
+        raise error
+    if point is None and path is not None:
+        point = ResumePoint(Path(path), load_checkpoint(path))
+    return point
+
+
+def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes_fns):
+    """The run in a claimed folder (see :func:`fit`)."""
+    train = config.train
     run_dir = Path(train.out_dir)
     rank_zero = fabric.global_rank == 0
-    if rank_zero:
-        for note in tidy_run_dir(run_dir):
-            fabric.print(note, file=sys.stderr)
-    resume_point = open_run_dir(run_dir, resume)
+    saved = None if resume_point is None else resume_point.state
+    if saved is not None:
+        check_checkpoint_kind(saved, resume_point.path)
 
     # Same initial weights on every process (LoRA's A is random), then per-rank RNGs.
     fabric.seed_everything(train.seed, verbose=False)
@@ -210,6 +269,8 @@ def fit(
         raise ValueError("the segmenter has no LoRA parameters: build it with attach_lora")
     fabric.seed_everything(train.seed + fabric.global_rank, verbose=False)
 
+    train_dataset, val_dataset = datasets
+    boxes_fn, val_boxes_fn = boxes_fns
     skipped = SkipLog(run_dir / SKIPPED_FILE)
     train_dataset = _split_data(config, "train", train_dataset, fabric, skipped)
     if train.val_every > 0:
@@ -219,8 +280,13 @@ def fit(
     boxes_fn = _boxes_of(config, config.data.train_split, train_dataset, boxes_fn)
     training_set, sampler, loader = _loader(config, train_dataset, boxes_fn, fabric)
 
+    # The geometry of this session: a resumed run may have others (co2sam.train.resume).
+    images_per_step = train.batch_size * fabric.world_size
+    epoch_size = len(training_set)
+    start_step = 0 if saved is None else int(saved["step"])
+    start_images = 0 if saved is None else scheduled_images(saved)
     optimizer, scheduler = build_optimizer(
-        parameters, config.optim, images_per_step=train.batch_size * fabric.world_size
+        parameters, config.optim, images_per_step, start_step=start_step, start_images=start_images
     )
     model, optimizer = fabric.setup(segmenter, optimizer)
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
@@ -229,38 +295,43 @@ def fit(
     template_cache = None
     if train.template_cache_gib > 0:
         template_cache = TemplateCache.from_gib(train.template_cache_gib)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best": None, "history": []}
+    state = {"step": 0, "epoch": 0, "seen_in_epoch": 0, "best": None, "history": []}
     state.update(skipped_images=0, skipped_steps=0)
-    if resume_point is not None:
-        saved = resume_point.state
+    if saved is not None:
+        notes = check_changes(saved, config, epoch_size=epoch_size, path=resume_point.path)
+        if rank_zero:
+            aside, best_moved = set_aside_abandoned(run_dir, resume_point)
+            notes += aside
+            if best_moved:
+                notes += rebuild_best(run_dir, segmenter, config, saved)
         load_lora_state_dict(segmenter.model, saved["lora"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        for key in state:
+        reapply_optim(optimizer, scheduler, config.optim)
+        for key in ("step", "epoch", "best", "history", "skipped_images", "skipped_steps"):
             state[key] = saved[key]
+        state["seen_in_epoch"] = epoch_position(saved)
         if rank_zero:
             set_rng_state(saved["rng"])
-        for note in resume_point.notes:
+        for note in notes:
             fabric.print(note, file=sys.stderr)
-        fabric.print(
-            f"resuming from {resume_point.path}: step {state['step']}, epoch {state['epoch']}, "
-            f"{state['batch_in_epoch']} batch(es) of it done",
-            file=sys.stderr,
-        )
+        fabric.print(_resume_line(resume_point.path, state, epoch_size, train), file=sys.stderr)
     if rank_zero:
         config.save(run_dir / "config.yaml")
     loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
 
-    batches_per_epoch = sampler.batches_per_epoch(train.batch_size)
-    planned = train.epochs * batches_per_epoch
-    total_steps = min(planned, train.max_steps) if train.max_steps else planned
-    bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero)
+    total_steps = _planned_steps(state, train, epoch_size, fabric.world_size)
+    bar = TrainProgress(total_steps, state["step"], enabled=progress and rank_zero, lines=rank_zero)
     bar.print(f"{_describe(segmenter)}: {sum(p.numel() for p in parameters):,} trainable")
     if train.val_every == 0:
         bar.print("validation off (train.val_every = 0): no best/ adapter will be kept")
+    signals = StopSignals(stop_signals())
 
     def save() -> None:
-        save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state)
+        geometry = {"world_size": fabric.world_size, "batch_size": train.batch_size}
+        geometry["epoch_size"] = epoch_size
+        geometry["step_images"] = start_images + (state["step"] - start_step) * images_per_step
+        save_state(fabric, run_dir, segmenter, optimizer, scheduler, config, state | geometry)
 
     def end_epoch() -> None:
         """Validate the epoch just finished if due, then write last.pt and epoch-XXX.pt.
@@ -270,7 +341,7 @@ def fit(
         """
         if _validation_due(state, train.val_every):
             save()
-            validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar)
+            validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar, signals)
             _log(loggers, val_metrics(state["history"][-1]), state["step"])
         save()
         if rank_zero:
@@ -280,7 +351,6 @@ def fit(
 
     # SIGTERM / SIGINT (and SLURM's requeue signal) only set a flag that every process
     # reads at the next step boundary: the run stops there with its state saved.
-    signals = StopSignals(stop_signals())
     stop = train.max_steps is not None and state["step"] >= train.max_steps
     try:
         with signals:
@@ -289,13 +359,15 @@ def fit(
             while state["epoch"] < train.epochs and not stop:
                 epoch = state["epoch"]
                 training_set.set_epoch(epoch)
-                sampler.set_position(epoch, state["batch_in_epoch"] * train.batch_size)
+                sampler.set_position(epoch, consumed=state["seen_in_epoch"])
                 for batch in loader:
                     stepped = _optimizer_step(
                         model, batch, config, fabric, optimizer, scheduler, state,
                         template_cache, signals,
                     )  # fmt: skip
-                    state["batch_in_epoch"] += 1
+                    # Every process used a batch: that many more images of the epoch's order.
+                    seen = state["seen_in_epoch"] + images_per_step
+                    state["seen_in_epoch"] = min(seen, epoch_size)
                     if stepped is None:
                         continue
                     losses, images = stepped
@@ -317,9 +389,10 @@ def fit(
                     if train.max_steps is not None and state["step"] >= train.max_steps:
                         stop = True
                         break
-                if state["batch_in_epoch"] >= batches_per_epoch:
+                if state["seen_in_epoch"] >= epoch_size:
                     state["epoch"] += 1
-                    state["batch_in_epoch"] = 0
+                    state["seen_in_epoch"] = 0
+                    bar.print(_epoch_line(state, train.epochs, bar))
                     end_epoch()
     except StopRequested as request:
         save()
@@ -347,6 +420,40 @@ def fit(
         skipped_images=state["skipped_images"],
         skipped_steps=state["skipped_steps"],
         template_cache_hit_rate=template_cache.hit_rate if template_cache is not None else None,
+        rank=fabric.global_rank,
+    )
+
+
+def _planned_steps(state: dict[str, Any], train: Any, epoch_size: int, world_size: int) -> int:
+    """The step the run will end at: the rest of this epoch, the epochs after, max_steps."""
+    steps = state["step"]
+    if state["epoch"] < train.epochs:
+        steps += epoch_steps_left(epoch_size, state["seen_in_epoch"], world_size, train.batch_size)
+        full_epoch = epoch_steps_left(epoch_size, 0, world_size, train.batch_size)
+        steps += (train.epochs - state["epoch"] - 1) * full_epoch
+    if train.max_steps:
+        steps = min(steps, max(train.max_steps, state["step"]))
+    return steps
+
+
+def _resume_line(path: Path, state: dict[str, Any], epoch_size: int, train: Any) -> str:
+    """``resuming from X: step 8, in epoch 3 of 3 (4 of its 6 images done)``; epochs count
+    from 1, as in ``epoch-NNN.pt`` (the state at the end of epoch NNN)."""
+    where = f"resuming from {path}: step {state['step']}, "
+    if state["seen_in_epoch"]:
+        return where + (
+            f"in epoch {state['epoch'] + 1} of {train.epochs} "
+            f"({state['seen_in_epoch']} of its {epoch_size} images done)"
+        )
+    return where + f"after epoch {state['epoch']} of {train.epochs}"
+
+
+def _epoch_line(state: dict[str, Any], epochs: int, bar: TrainProgress) -> str:
+    """``epoch 2/50 done: step 21164, 5.31 img/s, total 8.605 focal 0.173 ...``"""
+    losses = bar.means.summary(TrainProgress.SHOWN)
+    return (
+        f"epoch {state['epoch']}/{epochs} done: step {state['step']}, "
+        f"{bar.period_rate():.2f} img/s" + (f", {losses}" if losses else "")
     )
 
 
@@ -425,7 +532,7 @@ def _interrupted(fabric, signum: int, state, run_dir: Path) -> TrainingInterrupt
 def _validation_due(state: dict[str, Any], val_every: int) -> bool:
     """At the end of an epoch that should be validated and has no validation record yet."""
     epoch, history = state["epoch"], state["history"]
-    if val_every <= 0 or epoch == 0 or epoch % val_every or state["batch_in_epoch"]:
+    if val_every <= 0 or epoch == 0 or epoch % val_every or state["seen_in_epoch"]:
         return False
     return not (history and history[-1]["epoch"] == epoch)
 
@@ -514,6 +621,9 @@ def _loader(config, dataset, boxes_fn, fabric):
         collate_fn=collate_train_items,
         # Workers die with this process (even on kill -9) and leave signals to it.
         worker_init_fn=WorkerGuard() if workers > 0 else None,
+        # Each new iterator draws a seed for its workers: from the global RNG, that draw
+        # would shift every later random number by where the resumed session began.
+        generator=torch.Generator().manual_seed(train.seed),
     )
     return training_set, sampler, loader
 

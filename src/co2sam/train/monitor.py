@@ -9,6 +9,7 @@ process's T-teacher cache), ``val/<mode>/miou`` ...
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,17 +50,24 @@ class RunningMeans:
 class TrainProgress:
     """A rich progress bar over optimizer steps with ETA, images/s and running losses.
 
-    Disabled (every method a no-op) when ``enabled`` is False (other ranks, tests).
+    enabled: False turns the bar off (``--no-progress``, other ranks, tests).
+    lines: with the bar off, still write what :meth:`print` gets as plain lines on
+        stderr (the main process of a run without a bar, e.g. a batch job's log);
+        otherwise, with the bar off, every method is a no-op.
     """
 
     SHOWN = ("total", "focal", "dice", "template", "contrastive", "iou", "entropy")
 
-    def __init__(self, total_steps: int, start_step: int, *, enabled: bool = True) -> None:
+    def __init__(
+        self, total_steps: int, start_step: int, *, enabled: bool = True, lines: bool = False
+    ) -> None:
         self.enabled = enabled
+        self.lines = lines
         self.means = RunningMeans()
         self._images = 0
         self._since = time.perf_counter()
         self.images_per_s = 0.0
+        self._period_images, self._period_start = 0, self._since
         self._progress: Progress | None = None
         if not enabled:
             return
@@ -77,6 +85,7 @@ class TrainProgress:
         ``note`` is shown after the rate (e.g. the template cache's hit rate).
         """
         self._images += images
+        self._period_images += images
         self.means.update(losses)
         elapsed = time.perf_counter() - self._since
         if elapsed >= 1.0:
@@ -90,9 +99,19 @@ class TrainProgress:
                 losses=self.means.summary(self.SHOWN),
             )
 
+    def period_rate(self) -> float:
+        """Images per second since the last call (or the start); starts a new period."""
+        now = time.perf_counter()
+        rate = self._period_images / max(now - self._period_start, 1e-9)
+        self._period_images, self._period_start = 0, now
+        return rate
+
     def print(self, message: str) -> None:
+        """A line above the bar (or a plain line, see ``lines``)."""
         if self._progress is not None:
-            self._progress.console.print(message)
+            self._progress.console.print(message, markup=False, highlight=False)
+        elif self.lines:
+            print(message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -1,4 +1,13 @@
-"""The run folder: refuse to overwrite a run, find where to resume, write state and adapters.
+"""The run folder: claim it for one run, find where to resume, write state and adapters.
+
+:class:`RunFolder` claims a folder for the life of one run (rank 0 of it): a file lock
+(``RUN_DIR/.co2sam/lock``, released by the system if the process dies) refuses a second
+run in the same folder at the same time (a double-submitted job, a requeue while the
+old job lives); a fresh run takes only an empty or new folder, never one holding files
+of its own (a user's ``config.yaml``) or an earlier run (continue that with
+``--resume``). The one exception is a run that was killed before its first checkpoint
+(it marked the folder, ``RUN_DIR/.co2sam/training-run``, and wrote nothing to resume):
+starting it again moves its logs and config into ``abandoned-<time>/``.
 
 Every write is atomic (checkpoints: temp file + rename; adapter folders: written beside
 the old one, then swapped), and only rank 0 writes: the adapters are identical on every
@@ -10,12 +19,15 @@ fall back to the newest readable ``epoch-XXX.pt``, saying so.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from co2sam.train.checkpoint import (
     CHECKPOINT_DIR,
+    EPOCH_PATTERN,
+    LAST,
     CheckpointError,
     UnreadableCheckpointError,
     epoch_checkpoints,
@@ -27,10 +39,114 @@ from co2sam.train.checkpoint import (
 )
 
 ADAPTER_FOLDERS = ("best", "last")
+STATE_DIR = ".co2sam"
+LOCK_FILE = "lock"
+MARKER_FILE = "training-run"
+"""Written into ``STATE_DIR`` when a fresh run claims a folder."""
+BEFORE_FIRST_CHECKPOINT = ("config.yaml", "skipped.txt", "csv", "tensorboard", CHECKPOINT_DIR)
+"""What a run writes before its first checkpoint."""
+ABANDONED_PREFIX = "abandoned-"
 
 
 class RunDirError(RuntimeError):
-    """The run folder cannot be used (it already holds a run, or has nothing to resume)."""
+    """The run folder cannot be used (it holds a run or other files, another run is using
+    it now, or it has nothing to resume)."""
+
+
+class RunFolder:
+    """A training run's folder, claimed by the main process for the life of one run.
+
+    ``claim(resume)`` locks the folder and checks it: a fresh run needs an empty or new
+    folder; a resumed one a checkpoint (and what an interrupted save left is tidied). ``release``
+    (always call it, also after an error) frees the lock.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock: Any = None
+
+    def claim(self, resume: bool | str | Path) -> tuple[ResumePoint | None, list[str]]:
+        """Lock and check the folder; the checkpoint to resume from (None: a fresh run) and
+        what was done or noticed on the way (for the log)."""
+        self.lock()
+        if resume is False:
+            notes, point = _check_fresh(self.path), None
+        else:
+            notes = tidy_run_dir(self.path)
+            point = open_run_dir(self.path, resume)
+            notes += point.notes
+        marker = self.path / STATE_DIR / MARKER_FILE
+        if not marker.is_file():
+            marker.write_text("a co2sam training run (co2sam train) claimed this folder\n")
+        return point, notes
+
+    def lock(self) -> None:
+        """Hold ``.co2sam/lock``; :class:`RunDirError` if another process holds it."""
+        from filelock import FileLock, Timeout
+
+        (self.path / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.path / STATE_DIR / LOCK_FILE, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunDirError(
+                f"another co2sam run is training in {self.path} now (it holds "
+                f"{self.path / STATE_DIR / LOCK_FILE}); wait for it to end, or choose another "
+                "folder with --out"
+            ) from None
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _check_fresh(run_dir: Path) -> list[str]:
+    """Refuse a folder that is not empty, unless it holds a run killed before its first
+    checkpoint (then its files are moved aside); returns notes."""
+    if not run_dir.is_dir():
+        return []
+    entries = sorted(entry.name for entry in run_dir.iterdir() if entry.name != STATE_DIR)
+    if not entries:
+        return []
+    checkpoints = run_dir / CHECKPOINT_DIR
+    saved = (checkpoints / LAST).exists() or any(checkpoints.glob(EPOCH_PATTERN))
+    if saved or any((run_dir / name).exists() for name in ADAPTER_FOLDERS):
+        raise RunDirError(
+            f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+            "or choose another folder with --out"
+        )
+    started = (run_dir / STATE_DIR / MARKER_FILE).is_file()
+    own = [name for name in entries if name not in BEFORE_FIRST_CHECKPOINT]
+    if not started or any(not name.startswith(ABANDONED_PREFIX) for name in own):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise RunDirError(
+            f"{run_dir} is not empty ({shown}) and holds no co2sam training run: a new run "
+            "needs an empty or new folder; choose one with --out"
+        )
+    moved = [name for name in BEFORE_FIRST_CHECKPOINT if (run_dir / name).exists()]
+    aside = move_aside(run_dir, moved)
+    return [
+        f"{run_dir} holds a run that stopped before its first checkpoint: starting afresh, "
+        f"its files ({', '.join(moved)}) moved to {aside}"
+    ]
+
+
+def move_aside(run_dir: Path, names: list[str]) -> Path:
+    """Move ``names`` (relative paths in ``run_dir``) into a new ``abandoned-<time>/``,
+    keeping their places inside it; returns that folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir / f"{ABANDONED_PREFIX}{stamp}"
+    suffix = 1
+    while aside.exists():
+        suffix += 1
+        aside = run_dir / f"{ABANDONED_PREFIX}{stamp}-{suffix}"
+    for name in names:
+        target = aside / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).rename(target)
+    return aside
 
 
 @dataclass

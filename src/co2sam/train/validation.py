@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import Dataset
 
+from co2sam.records import Sample
 from co2sam.train.run_dir import save_adapter_folder
 
 
-def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
+def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar, signals=None) -> None:
     """Evaluate (label-guided and open) on every process, record it, keep the best adapter.
 
     Process ``r`` of ``W`` segments images ``r, r + W, ...`` of the validation split
     (``train.limit_val`` is applied when the split is loaded); the confusion matrices
     are summed over the processes, so all of them see the same numbers and agree on the
     best epoch, and none waits for one process to score the whole split.
+
+    signals: the run's :class:`co2sam.train.interrupt.StopSignals`. Before each batch the
+    processes agree on them (one small all-reduce, as a training step does) and stop at
+    once with :class:`co2sam.train.interrupt.StopRequested`: a validation of 40,000 COCO
+    images must not outlast the scheduler's grace period. Nothing is recorded then; the
+    resumed run validates first. Validation leaves the global RNGs as it found them.
     """
     from co2sam.data.preflight import SplitSubset
     from co2sam.evaluate import evaluate_model
@@ -25,8 +35,12 @@ def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
 
     processes = from_fabric(fabric)
     shard = SplitSubset(dataset, processes.shard(range(len(dataset))))
+    if signals is not None:
+        per_process = math.ceil(len(dataset) / processes.world_size)
+        shard = StopBetweenBatches(shard, per_process, _stop_check(fabric, signals))
     record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
-    with torch.no_grad():
+    cuda = [fabric.device] if fabric.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
         record["metrics"] = evaluate_model(
             segmenter,
             shard,
@@ -58,6 +72,50 @@ def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar) -> None:
             )
     state["history"].append(_plain(record))
     fabric.barrier()
+
+
+class StopBetweenBatches(Dataset):
+    """A process's share of the validation split that checks for a stop before each batch.
+
+    Every process's share is padded to ``length`` items with placeholders (skipped by
+    evaluation, like unreadable files), so all processes load as many batches and make
+    the check's all-reduce together. ``check`` raises to stop.
+    """
+
+    def __init__(self, dataset: Any, length: int, check: Callable[[], None]) -> None:
+        self.dataset, self.length, self.check = dataset, length, check
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < len(self.dataset):
+            return self.dataset[index]
+        return Sample(np.zeros((1, 1, 3), np.uint8), None, [], "", problem="padding")
+
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        """A batch (what the DataLoader asks for): check, then load it."""
+        self.check()
+        return [self[index] for index in indices]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "length", "check"):  # not set yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _stop_check(fabric: Any, signals: Any) -> Callable[[], None]:
+    from co2sam.train.interrupt import StopRequested
+
+    def check() -> None:
+        flags = torch.tensor(signals.flags, device=fabric.device)
+        if fabric.world_size > 1:
+            flags = fabric.all_reduce(flags, reduce_op="sum")
+        signum = signals.agreed(flags.tolist())
+        if signum is not None:
+            raise StopRequested(signum)
+
+    return check
 
 
 def check_validation_split(train_dataset: Any, val_dataset: Any) -> None:
