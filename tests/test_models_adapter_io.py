@@ -73,6 +73,20 @@ def test_folder_is_self_describing_and_holds_only_lora(tmp_path: Path) -> None:
     assert all(k.startswith("vision_encoder.layers.") and ".lora_" in k for k in tensors)
 
 
+def test_adapter_files_follow_the_umask_like_checkpoints(tmp_path: Path) -> None:
+    """Not mkstemp's owner-only 0600: a group sharing the runs folder can read them."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        folder = save_adapter(_trained_tiny(), tmp_path / "adapter", base="tiny")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+    assert modes == {"adapter_model.safetensors": 0o644, "co2sam_adapter.json": 0o644}
+
+
 def test_loading_into_an_existing_peft_model_overwrites_its_lora(tmp_path: Path) -> None:
     model = _trained_tiny()
     folder = save_adapter(model, tmp_path, base="tiny")

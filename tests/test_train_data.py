@@ -84,6 +84,51 @@ def test_sampler_resumes_mid_epoch_with_the_same_order(replicas):
         assert sampler.batches_per_epoch(2) == -(-len(full) // 2)
 
 
+@pytest.mark.parametrize(("size", "replicas"), [(10, 1), (10, 2), (7, 3), (2, 3)])
+def test_sampler_deals_out_distributed_samplers_order(size, replicas):
+    from torch.utils.data import DistributedSampler
+
+    for rank in range(replicas):
+        sampler = EpochSampler(list(range(size)), num_replicas=replicas, rank=rank, seed=1)
+        reference = DistributedSampler(
+            list(range(size)), num_replicas=replicas, rank=rank, seed=1, shuffle=True
+        )
+        sampler.set_position(4)
+        reference.set_epoch(4)
+        assert list(sampler) == list(reference) and len(sampler) == len(reference)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [((1, 3), (2, 2)), ((2, 2), (3, 1)), ((2, 1), (1, 4))]
+)
+def test_sampler_position_carries_over_to_other_processes_and_batch_sizes(before, after):
+    """Resumed with another (processes, batch size), the rest of the epoch's order is dealt
+    out: every image not yet used comes once, none that was (but the padding)."""
+    size, batches_done = 23, 2
+    replicas, batch_size = before
+    order = EpochSampler(list(range(size)), num_replicas=1, rank=0, seed=5)
+    order.set_position(1)
+    order = list(order)
+    used = []
+    for rank in range(replicas):
+        sampler = EpochSampler(list(range(size)), num_replicas=replicas, rank=rank, seed=5)
+        sampler.set_position(1)
+        used += list(sampler)[: batches_done * batch_size]
+    consumed = batches_done * batch_size * replicas  # what the checkpoint records
+    assert sorted(used) == sorted(order[:consumed])
+    replicas, batch_size = after
+    rest = []
+    for rank in range(replicas):
+        sampler = EpochSampler(list(range(size)), num_replicas=replicas, rank=rank, seed=5)
+        sampler.set_position(1, consumed=consumed)
+        share = list(sampler)
+        assert len(share) == len(sampler) == -(-(size - consumed) // replicas)
+        rest += share
+    padding = len(rest) - (size - consumed)
+    assert sorted(rest) == sorted(order[consumed:] + order[:padding])
+    assert set(rest) | set(used) == set(range(size))
+
+
 def test_collate_keeps_ragged_boxes_per_image():
     items = [_training_set()[0], _training_set()[1]]
     batch = collate_train_items(items)

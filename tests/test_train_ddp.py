@@ -196,3 +196,89 @@ def test_ddp_kill_9_and_signals_resume_to_the_uninterrupted_adapter(tmp_path):
             torch.testing.assert_close(resumed["c"][name], full[name], rtol=1e-5, atol=1e-6)
         # epoch-001.pt holds step 3; rank 1's signal came in step 5: both stopped after it
         assert (resumed["b_step"], resumed["b_signal"]) == (5, signal.SIGTERM), rank
+
+
+# `co2sam train`, printing the images of every step with the process's rank.
+CLI_WITH_IMAGE_LINES = textwrap.dedent(
+    """
+    import os
+
+    import torch
+
+    from co2sam.cli import app
+    from co2sam.train import loop
+
+    real_step = loop.training_step
+
+    def step(model, batch, *args):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        line = f"IMAGES {rank} {' '.join(batch.image_ids)}\\n"
+        os.write(1, line.encode())  # one write: the two processes share the pipe
+        return real_step(model, batch, *args)
+
+    loop.training_step = step
+    app(prog_name="co2sam")
+    """
+)
+
+
+def test_a_run_resumed_on_two_processes_trains_each_remaining_image_once(tmp_path):
+    """Review: `--resume RUN --devices 2` after 10 of 32 images ended the epoch after 12
+    more; the "trained" line came once per process."""
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    data_root = tmp_path / "data"
+    make_synthetic_dataset(
+        data_root, num_images=7, num_classes=2, image_size=48, seed=0, splits={"train": 7}
+    )
+    script = tmp_path / "co2sam_with_images.py"
+    script.write_text(CLI_WITH_IMAGE_LINES)
+    run = tmp_path / "run"
+
+    def co2sam(*args):
+        env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="1000")
+        for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        done = subprocess.run(
+            [sys.executable, str(script), "train", *args], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+    from co2sam.train import loop
+
+    before = []
+    real_step = loop.training_step
+
+    def recording(model, batch, *args):
+        before.extend(("0", image) for image in batch.image_ids)
+        return real_step(model, batch, *args)
+
+    loop.training_step = recording
+    try:
+        first = CliRunner().invoke(app, [
+            "train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle",
+            "--out", str(run), "--accelerator", "cpu", "--epochs", "1", "--max-steps", "3",
+            "--no-progress", "--set", "data.dataset=synthetic", "--set", "data.train_split=train",
+            "--set", "data.num_workers=0", "--set", "train.val_every=0",
+            "--set", "train.batch_size=1", "--set", "train.template_cache_gib=0",
+        ])  # fmt: skip
+    finally:
+        loop.training_step = real_step
+    assert first.exit_code == 0, first.output
+    code, resumed = co2sam("--resume", str(run), "--devices", "2", "--max-steps", "100")
+    assert code == 0, resumed[-3000:]
+
+    def images(output):
+        lines = [line.split()[1:] for line in output.splitlines() if line.startswith("IMAGES")]
+        return [(rank, image) for rank, *ids in lines for image in ids]
+
+    after = images(resumed)
+    assert len(before) == 3 and {rank for rank, _ in after} == {"0", "1"}
+    every = [image for _, image in before + after]
+    assert sorted(every) == sorted(f"syn_{i:05d}" for i in range(7))  # each image once
+    assert resumed.count("resuming from") == 1 and resumed.count("trained step 5") == 1
+    assert "train.devices 1 -> 2" in resumed

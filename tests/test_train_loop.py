@@ -1,5 +1,7 @@
 import csv
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from co2sam.config import load_config
 from co2sam.records import Boxes
 from co2sam.train import loop
 from co2sam.train.checkpoint import load_checkpoint
-from co2sam.train.loop import NonFiniteLossError, RunDirError, fit
+from co2sam.train.loop import NonFiniteLossError, RunDirError, TrainingInterrupted, fit
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +299,301 @@ def test_cli_train_excludes_the_flagged_images(data_root, tmp_path):
     assert "step 2, epoch 1" in output  # 3 images, one left out, batch 1
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]
     assert saved["data"]["exclude"] == str(flagged.resolve())
+
+
+# ----------------------------------------------------------------------------- resume, review
+
+
+REAL_TRAINING_STEP = loop.training_step
+
+
+def _recording_steps(monkeypatch, seen: list[list[str]], stochastic: bool = False, kill=None):
+    """training_step recording each batch's image ids; ``stochastic`` scales the loss by a
+    draw from torch's global RNG (as dropout would); ``kill`` = (step, signal)."""
+    real_step = REAL_TRAINING_STEP
+
+    def step(model, batch, loss_config, template_cache):
+        seen.append(list(batch.image_ids))
+        if kill is not None and len(seen) == kill[0]:
+            os.kill(os.getpid(), kill[1])
+        total, logs = real_step(model, batch, loss_config, template_cache)
+        if stochastic:
+            total = total * (1 + 0.5 * torch.rand(()))
+        return total, logs
+
+    monkeypatch.setattr(loop, "training_step", step)
+
+
+@pytest.fixture(scope="module")
+def seven_images(tmp_path_factory):
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("seven")
+    make_synthetic_dataset(
+        root, num_images=9, num_classes=2, image_size=48, seed=1, splits={"train": 7, "val": 2}
+    )
+    return root
+
+
+def test_resuming_with_another_batch_size_trains_on_the_rest_of_the_epoch(
+    seven_images, tmp_path, monkeypatch
+):
+    """Review: the position was batches x the NEW batch size, so images were skipped."""
+    run = tmp_path / "run"
+    seen: list[list[str]] = []
+    _recording_steps(monkeypatch, seen)
+    config = _config(seven_images, run, "train.batch_size=1", "train.epochs=1", "train.max_steps=3")
+    fit(config, progress=False)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (state["seen_in_epoch"], state["world_size"], state["batch_size"]) == (3, 1, 1)
+    first = [image for batch in seen for image in batch]
+    seen.clear()
+    bigger = _config(seven_images, run, "train.batch_size=2", "train.epochs=1")
+    result = fit(bigger, resume=True, progress=False)
+    rest = [image for batch in seen for image in batch]
+    assert [len(batch) for batch in seen] == [2, 2]  # 4 images left, 2 per step
+    assert sorted(first + rest) == sorted(_ids(seven_images))  # each image once
+    assert (result.step, result.epoch) == (5, 1)
+
+
+def _ids(root):
+    return (root / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+
+
+def test_resume_applies_a_new_learning_rate_and_refuses_what_it_cannot_honour(
+    data_root, tmp_path, capsys
+):
+    import yaml
+
+    run = tmp_path / "run"
+    fit(_config(data_root, run, "train.max_steps=2"), progress=False)
+    with pytest.raises(RunDirError, match="model.lora_rank cannot change when resuming"):
+        fit(_config(data_root, run, "model.lora_rank=8"), resume=True, progress=False)
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["lora_rank"] == 4
+    capsys.readouterr()
+    changed = ("optim.lr=5e-3", "optim.weight_decay=0.5", "train.max_steps=3")
+    fit(_config(data_root, run, *changed), resume=True, progress=False)
+    log = " ".join(capsys.readouterr().err.split())
+    assert "optim.lr 0.01 -> 0.005; optim.weight_decay 0.0001 -> 0.5" in log
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["weight_decay"]) == (5e-3, 0.5)  # no warm-up, no decay yet
+    assert state["scheduler"]["base_lrs"] == [5e-3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 5e-3
+
+
+def test_restarting_from_an_older_epoch_sets_the_later_history_aside(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    """Review: best/ held a later, abandoned epoch's adapter and epoch-002/003 stayed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from co2sam import evaluate
+    from co2sam.models.adapter_io import _portable_name
+
+    def improving(segmenter, dataset, boxes_fn, **kwargs):  # each epoch scores better
+        improving.calls += 1
+        scores = {"miou": improving.calls / 10}
+        return {"label-guided": dict(scores), "open": dict(scores)}
+
+    improving.calls = 0
+    monkeypatch.setattr(evaluate, "evaluate_model", improving)
+    run = tmp_path / "run"
+    config = _config(data_root, run, *RESUME, "train.val_every=1")
+    assert fit(config, progress=False).best["epoch"] == 3
+    epoch_1 = run / "checkpoints" / "epoch-001.pt"
+    capsys.readouterr()
+    resumed = fit(_config(data_root, run, *RESUME, "train.val_every=1", "train.max_steps=3"),
+                  resume=epoch_1, progress=False)  # fmt: skip
+    log = " ".join(capsys.readouterr().err.split())
+    (aside,) = run.glob("abandoned-*")
+    assert f"what came after it moved to {aside}" in log
+    assert sorted(str(p.relative_to(aside)) for p in aside.glob("*/*") if p.suffix != ".json") == [
+        "best/adapter_model.safetensors",
+        "checkpoints/epoch-002.pt",
+        "checkpoints/epoch-003.pt",
+        "checkpoints/last.pt",
+        "last/adapter_model.safetensors",
+    ]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-001.pt", "last.pt"]
+    assert resumed.best["epoch"] == 1 and [r["epoch"] for r in resumed.history] == [1]
+    best = json.loads((run / "best" / "co2sam_adapter.json").read_text())["extra"]
+    assert (best["epoch"], best["step"], best["best"]["epoch"]) == (1, 3, 1)
+    expected = {
+        _portable_name(name, "default"): value
+        for name, value in load_checkpoint(epoch_1)["lora"].items()
+    }
+    found = load_file(run / "best" / "adapter_model.safetensors")
+    assert found.keys() == expected.keys()
+    assert all(torch.equal(found[name], expected[name]) for name in expected)
+
+
+def test_a_signal_during_validation_stops_it_between_batches(data_root, tmp_path, monkeypatch):
+    """Review: a signal waited for the whole validation (COCO: 40k images)."""
+    from co2sam.prompts import oracle_boxes
+
+    calls = []
+
+    def val_boxes(sample):
+        calls.append(sample.id)
+        if len(calls) == 1 and signalling:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return oracle_boxes(sample)
+
+    settings = (*RESUME, "train.val_every=1", "eval.batch_size=1", "train.template_cache_gib=0")
+    _recording_steps(monkeypatch, [], stochastic=True)
+    signalling = False
+    reference = fit(_config(data_root, tmp_path / "reference", *settings),
+                    val_boxes_fn=val_boxes, progress=False)  # fmt: skip
+    calls.clear()
+    signalling = True
+    config = _config(data_root, tmp_path / "run", *settings)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        fit(config, val_boxes_fn=val_boxes, progress=False)
+    assert stopped.value.signum == signal.SIGTERM
+    assert len(calls) == 1  # the second validation batch never started
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["seen_in_epoch"], state["history"]) == (
+        3, 1, 0, []
+    )  # fmt: skip
+    signalling = False
+    resumed = fit(config, val_boxes_fn=val_boxes, resume=True, progress=False)
+    assert [record["epoch"] for record in resumed.history] == [1, 2, 3]
+    _assert_same_weights(resumed, reference, exact=True)
+
+
+def test_a_stop_at_an_epoch_boundary_resumes_exactly_with_loader_workers(
+    data_root, tmp_path, monkeypatch
+):
+    """Each new loader iterator draws its workers' base seed: from the global RNG that
+    draw would shift every later random number (here a stochastic loss, as dropout)."""
+    settings = (*RESUME, "train.template_cache_gib=0", "data.num_workers=2")
+    _recording_steps(monkeypatch, [], stochastic=True)
+    reference = fit(_config(data_root, tmp_path / "reference", *settings), progress=False)
+    _recording_steps(monkeypatch, [], stochastic=True, kill=(3, signal.SIGTERM))  # last of epoch 1
+    config = _config(data_root, tmp_path / "run", *settings)
+    with pytest.raises(TrainingInterrupted):
+        fit(config, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["seen_in_epoch"]) == (3, 1, 0)
+    _recording_steps(monkeypatch, [], stochastic=True)
+    _assert_same_weights(fit(config, resume=True, progress=False), reference, exact=True)
+
+
+def test_a_second_run_in_the_same_folder_is_refused(data_root, tmp_path):
+    from filelock import FileLock
+
+    run = tmp_path / "run"
+    fit(_config(data_root, run, "train.max_steps=1"), progress=False)
+    first = FileLock(run / ".co2sam" / "lock")  # the first job still runs
+    first.acquire()
+    try:
+        with pytest.raises(RunDirError, match=f"another co2sam run is training in {run} now"):
+            fit(_config(data_root, run, "train.max_steps=2"), resume=True, progress=False)
+    finally:
+        first.release()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
+
+
+def _cli_args(data_root, run, *more):
+    args = ["train", "--data-root", str(data_root), "--sam", "tiny", "--boxes", "oracle"]
+    args += ["--out", str(run), "--accelerator", "cpu", "--no-progress", *more]
+    for setting in ("data.dataset=synthetic", "data.train_split=train", "data.num_workers=0",
+                    "train.batch_size=1", "train.template_cache_gib=0"):  # fmt: skip
+        args += ["--set", setting]
+    return args
+
+
+def test_cli_without_a_bar_still_logs_epochs_and_validations(data_root, tmp_path):
+    """Review: --no-progress (README's SLURM script) printed nothing until the end."""
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    result = CliRunner().invoke(app, _cli_args(data_root, tmp_path / "run", "--epochs", "2"))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("epoch 1/2 done: step 3, ") for line in lines), lines
+    assert any(line.startswith("epoch 1 step 3: val mIoU label-guided ") for line in lines)
+    assert any(line.startswith("epoch 2/2 done: step 6, ") for line in lines)
+
+
+def test_cli_resume_checks_its_arguments(data_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    missing = run / "checkpoints" / "epoch-009.pt"
+    result = runner.invoke(app, ["train", "--resume", str(missing)])
+    assert result.exit_code == 2
+    assert _squeezed(f"--resume {missing}: no such run folder or checkpoint file") in _squeezed(
+        result.output
+    )
+    assert runner.invoke(app, _cli_args(data_root, run, "--max-steps", "1")).exit_code == 0
+    saved = (run / "config.yaml").read_text()
+    result = runner.invoke(app, ["train", "--resume", str(run), "--config", "voc"])
+    assert result.exit_code == 2
+    assert "--config voc cannot be used with --resume" in " ".join(result.output.split())
+    assert (run / "config.yaml").read_text() == saved
+
+
+def test_cli_resumes_from_another_working_directory(data_root, tmp_path, monkeypatch):
+    """Review: config.yaml kept data.root as given (relative), so this failed."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copytree(data_root, tmp_path / "a" / "ds")
+    monkeypatch.chdir(tmp_path / "a")
+    args = _cli_args("ds", "runs/r", "--max-steps", "1")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    saved = yaml.safe_load((tmp_path / "a" / "runs" / "r" / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(tmp_path / "a" / "ds")
+    monkeypatch.chdir(tmp_path / "b")
+    run = tmp_path / "a" / "runs" / "r"
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+
+
+def test_cli_full_disk_names_the_checkpoint(data_root, tmp_path, monkeypatch):
+    """Review: `cannot write in full/run: . unexpected pos 64 vs 0; is the disk full?`"""
+    from test_atomic_files import fill_the_disk_after
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    fill_the_disk_after(monkeypatch, 1000)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, _cli_args(data_root, run, "--max-steps", "1"))
+    assert result.exit_code == 2, result.output
+    expected = f"cannot write {run / 'checkpoints' / 'last.pt'}: No space left on device; "
+    assert _squeezed(expected + "the disk is full") in _squeezed(result.output)
+    assert "Traceback" not in result.output
+
+
+def _squeezed(text: str) -> str:
+    """Without whitespace: rich wraps long paths anywhere."""
+    return "".join(text.split())
+
+
+def test_errors_met_by_every_process_are_printed_by_the_first_only(monkeypatch, capsys):
+    import torch.distributed as dist
+    import typer
+
+    from co2sam.commands.train import _fail_once
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    for rank, shown in ((1, False), (0, True)):
+        monkeypatch.setattr(dist, "get_rank", lambda rank=rank: rank)
+        with pytest.raises(typer.Exit) as stopped:
+            _fail_once("the same error on every process")
+        assert stopped.value.exit_code == 2
+        assert ("the same error on every process" in capsys.readouterr().err) is shown

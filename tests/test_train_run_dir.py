@@ -85,3 +85,77 @@ def test_tidy_removes_interrupted_saves_and_restores_a_half_swapped_adapter(tmp_
     assert "removed 2 temporary file(s)" in notes[0]
     assert any("restored" in note for note in notes)
     assert tidy_run_dir(tmp_path) == []  # nothing left to do
+
+
+def test_a_fresh_run_refuses_any_folder_that_is_not_empty(tmp_path):
+    """A user's own files, and an old run without last.pt, are left as they are."""
+    from co2sam.train.run_dir import RunFolder
+
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "config.yaml").write_text("my own settings\n")
+    folder = RunFolder(user)
+    with pytest.raises(RunDirError, match=r"is not empty \(config.yaml\) .*--out"):
+        folder.claim(False)
+    folder.release()
+    assert (user / "config.yaml").read_text() == "my own settings\n"
+
+    old = tmp_path / "old"  # a run whose last.pt is gone: epochs, last/ and logs remain
+    save_checkpoint(epoch_checkpoint_path(old, 1), {"step": 3, "epoch": 1})
+    (old / "last").mkdir()
+    (old / "config.yaml").write_text("the old run's config\n")
+    folder = RunFolder(old)
+    with pytest.raises(RunDirError, match=f"already holds a training run.*--resume {old}"):
+        folder.claim(False)
+    folder.release()
+    assert (old / "config.yaml").read_text() == "the old run's config\n"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (empty, tmp_path / "new"):
+        folder = RunFolder(path)
+        assert folder.claim(False) == (None, [])
+        folder.release()
+        assert (path / ".co2sam" / "training-run").is_file()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_its_files_set_aside(
+    tmp_path,
+):
+    from co2sam.train.run_dir import RunFolder
+
+    run = tmp_path / "run"
+    folder = RunFolder(run)
+    folder.claim(False)
+    folder.release()
+    (run / "config.yaml").write_text("first start\n")
+    (run / "csv" / "from-step-0").mkdir(parents=True)
+    (run / "csv" / "from-step-0" / "metrics.csv").write_text("step\n1\n")
+    folder = RunFolder(run)
+    point, notes = folder.claim(False)
+    folder.release()
+    assert point is None and "stopped before its first checkpoint" in notes[0]
+    (aside,) = run.glob("abandoned-*")
+    assert (aside / "config.yaml").read_text() == "first start\n"
+    assert (aside / "csv" / "from-step-0" / "metrics.csv").is_file()
+    assert sorted(p.name for p in run.iterdir()) == [".co2sam", aside.name]
+
+
+def test_the_run_folder_is_locked_for_one_run_at_a_time(tmp_path):
+    from filelock import FileLock
+
+    from co2sam.train.run_dir import RunFolder
+
+    _run(tmp_path)
+    other_job = FileLock(tmp_path / ".co2sam" / "lock")
+    other_job.acquire()
+    folder = RunFolder(tmp_path)
+    with pytest.raises(RunDirError, match=r"another co2sam run is training in .* now"):
+        folder.claim(True)
+    other_job.release()
+    point, _ = folder.claim(True)
+    assert point.state["step"] == 7
+    with pytest.raises(RunDirError, match="another co2sam run"):
+        RunFolder(tmp_path).claim(True)  # this process holds it now
+    folder.release()
+    RunFolder(tmp_path).lock()  # released

@@ -68,6 +68,7 @@ from co2sam.train.resume import (
     absolute_paths,
     check_changes,
     check_checkpoint_kind,
+    check_epoch_size,
     epoch_position,
     epoch_steps_left,
     reapply_optim,
@@ -257,8 +258,10 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
     run_dir = Path(train.out_dir)
     rank_zero = fabric.global_rank == 0
     saved = None if resume_point is None else resume_point.state
-    if saved is not None:
+    notes = []
+    if saved is not None:  # refusals first, before anything is loaded
         check_checkpoint_kind(saved, resume_point.path)
+        notes = check_changes(saved, config, path=resume_point.path)
 
     # Same initial weights on every process (LoRA's A is random), then per-rank RNGs.
     fabric.seed_everything(train.seed, verbose=False)
@@ -298,7 +301,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
     state = {"step": 0, "epoch": 0, "seen_in_epoch": 0, "best": None, "history": []}
     state.update(skipped_images=0, skipped_steps=0)
     if saved is not None:
-        notes = check_changes(saved, config, epoch_size=epoch_size, path=resume_point.path)
+        check_epoch_size(saved, epoch_size, path=resume_point.path)
         if rank_zero:
             aside, best_moved = set_aside_abandoned(run_dir, resume_point)
             notes += aside

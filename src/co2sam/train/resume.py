@@ -108,10 +108,9 @@ def scheduled_images(saved: dict[str, Any]) -> int:
     return int(saved["step"]) * images_per_step(saved)
 
 
-def check_changes(
-    saved: dict[str, Any], config: Co2SamConfig, *, epoch_size: int, path: Path
-) -> list[str]:
-    """Refuse what a resumed run cannot honour (see the module); notes for the rest."""
+def check_changes(saved: dict[str, Any], config: Co2SamConfig, *, path: Path) -> list[str]:
+    """Refuse the config changes a resumed run cannot honour (see the module); notes for
+    the rest. Cheap: call it before loading models and data."""
     before, now = _flat(saved.get("config", {})), _flat(config.to_dict())
     changed = [key for key in now if key in before and not _same(key, before[key], now[key])]
     seen = epoch_position(saved)
@@ -121,21 +120,12 @@ def check_changes(
                 f"{key} cannot change when resuming ({before[key]!r} in {path}, {now[key]!r} "
                 f"now): {FIXED[key]}. Keep it, or start a new run in another folder (--out)"
             )
-    where = (
-        f"{path} stopped {seen} image(s) into epoch {saved['epoch'] + 1}; resume from the "
-        "end of an epoch (RUN/checkpoints/epoch-NNN.pt), or keep it as it was"
-    )
-    if seen:
-        for key in changed:
-            if key in EPOCH_ORDER:
-                raise RunDirError(
-                    f"{key} cannot change in the middle of an epoch ({before[key]!r} before, "
-                    f"{now[key]!r} now: the rest of the epoch would be another epoch's): {where}"
-                )
-        if saved.get("epoch_size", epoch_size) != epoch_size:
+    for key in changed if seen else ():
+        if key in EPOCH_ORDER:
             raise RunDirError(
-                f"the training split has {epoch_size} image(s) now, {saved['epoch_size']} "
-                f"when the checkpoint was written, so its place in the epoch is lost: {where}"
+                f"{key} cannot change in the middle of an epoch ({before[key]!r} before, "
+                f"{now[key]!r} now: the rest of the epoch would be another epoch's): "
+                + _mid_epoch(saved, path)
             )
     notes = []
     if changed:
@@ -143,6 +133,23 @@ def check_changes(
         notes.append(f"settings changed since {path.name} (applied from step "
                      f"{saved['step'] + 1}): {listed}")  # fmt: skip
     return notes
+
+
+def check_epoch_size(saved: dict[str, Any], epoch_size: int, *, path: Path) -> None:
+    """Refuse to continue an epoch of a training split that has changed size since."""
+    if epoch_position(saved) and saved.get("epoch_size", epoch_size) != epoch_size:
+        raise RunDirError(
+            f"the training split has {epoch_size} image(s) now, {saved['epoch_size']} when "
+            "the checkpoint was written, so its place in the epoch is lost: "
+            + _mid_epoch(saved, path)
+        )
+
+
+def _mid_epoch(saved: dict[str, Any], path: Path) -> str:
+    return (
+        f"{path} stopped {epoch_position(saved)} image(s) into epoch {saved['epoch'] + 1}; "
+        "resume from the end of an epoch (RUN/checkpoints/epoch-NNN.pt), or keep it as it was"
+    )
 
 
 def reapply_optim(optimizer: Any, scheduler: Any, optim: Any) -> None:
