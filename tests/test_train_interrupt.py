@@ -195,7 +195,7 @@ def test_interruption_exit_codes_and_message(tmp_path):
         signal.SIGTERM, step=12, epoch=3, run_dir=tmp_path, checkpoint=tmp_path / "last.pt"
     )
     assert stopped.exit_code == 143
-    assert str(stopped).startswith("SIGTERM: stopped at step 12 (epoch 3)")
+    assert str(stopped).startswith("SIGTERM: stopped at step 12 (3 epoch(s) done)")
     assert f"co2sam train --resume {tmp_path}" in str(stopped)
     sigint = TrainingInterrupted(
         signal.SIGINT, step=1, epoch=0, run_dir=tmp_path, checkpoint=tmp_path / "last.pt"

@@ -60,7 +60,7 @@ class TrainingInterrupted(Exception):
         self.checkpoint, self.requeued = Path(checkpoint), requeued
         name = signal.Signals(signum).name
         message = (
-            f"{name}: stopped at step {step} (epoch {epoch}) and saved {checkpoint}. "
+            f"{name}: stopped at step {step} ({epoch} epoch(s) done) and saved {checkpoint}. "
             f"Resume with: co2sam train --resume {run_dir}"
         )
         if requeued is not None:

@@ -231,22 +231,25 @@ def fit(
 
 def _claim(fabric: Any, folder: RunFolder, resume: bool | str | Path) -> ResumePoint | None:
     """The main process claims the run folder; every process gets its verdict (and the
-    checkpoint to resume from), so all of them go on or stop with the same error."""
-    verdict: tuple[BaseException | None, Path | None] = (None, None)
-    point = None
+    checkpoint to resume from), so all of them go on or stop together. The main process
+    raises the error itself, the others a :class:`RunDirError` with its message."""
+    point, failure = None, None
+    verdict: tuple[str | None, str | None] = (None, None)
     if fabric.global_rank == 0:
         try:
             point, notes = folder.claim(resume)
             for note in notes:
                 fabric.print(note, file=sys.stderr)
-            verdict = (None, None if point is None else point.path)
+            verdict = (None, None if point is None else str(point.path))
         except Exception as error:
-            verdict = (error, None)
+            failure, verdict = error, (str(error), None)
     if fabric.world_size > 1:
         verdict = fabric.broadcast(verdict, src=0)
-    error, path = verdict
-    if error is not None:
-        raise error
+    message, path = verdict
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise RunDirError(message)
     if point is None and path is not None:
         point = ResumePoint(Path(path), load_checkpoint(path))
     return point
