@@ -38,7 +38,7 @@ def set_aside_abandoned(run_dir: Path, point: ResumePoint) -> tuple[list[str], b
     last = last_checkpoint_path(run_dir)
     if last.is_file() and point.path.resolve() != last.resolve() and _step_of(last) != step:
         moved.append(f"{CHECKPOINT_DIR}/{last.name}")
-    for path in epoch_checkpoints(run_dir):
+    for path in reversed(epoch_checkpoints(run_dir)):  # oldest first
         if int(path.stem.split("-", 1)[1]) > epoch:
             moved.append(f"{CHECKPOINT_DIR}/{path.name}")
     best = (state.get("best") or {}).get("step")
