@@ -12,6 +12,7 @@ from co2sam.commands.guards import (
     NumNodesOption,
     SkipBadOption,
     checked_dataset,
+    ctrl_c_resumable,
     launch,
     output_errors,
 )
@@ -70,7 +71,7 @@ def boxes(
     if processes.distributed:
         cfg.prompts.device = str(processes.device)
     path = out or default_cache_path(cfg, split)
-    with output_errors(path.parent):
+    with output_errors(path.parent), ctrl_c_resumable("boxes"):
         try:
             origin = "oracle" if oracle else prompter_spec(cfg.prompts.detector).name
             dataset = build_dataset(cfg.data, split, check_masks=not cfg.data.preflight)

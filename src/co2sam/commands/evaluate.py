@@ -16,7 +16,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    SkipBadOption,
+    ctrl_c_resumable,
+    output_errors,
+)
 
 
 def evaluate(
@@ -172,7 +178,7 @@ def run_evaluation(
         overlays=cfg.eval.overlays,
         voc_test_format=voc_test_format,
     )
-    with output_errors(out_dir):
+    with output_errors(out_dir), ctrl_c_resumable("evaluate"):
         run = start_split_run(
             cfg,
             identity=identity,

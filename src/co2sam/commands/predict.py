@@ -16,7 +16,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, launch, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    ctrl_c_resumable,
+    launch,
+    output_errors,
+)
 
 PREDICT_OUTPUTS = ("labels", "overlays", "details", "skipped.txt")
 """What ``predict`` writes in its folder (``--overwrite`` clears these)."""
@@ -118,7 +124,7 @@ def predict(
             segmenter_sha256=fingerprint(segmenter / "model.safetensors"),
             tta=tta,
         )
-    with output_errors(out):
+    with output_errors(out), ctrl_c_resumable("predict"):
         folder = OutputFolder(
             out, identity, outputs=PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
         )

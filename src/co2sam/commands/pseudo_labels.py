@@ -15,7 +15,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    SkipBadOption,
+    ctrl_c_resumable,
+    output_errors,
+)
 
 PSEUDO_LABEL_OUTPUTS = (
     "SegmentationClass",
@@ -136,7 +142,7 @@ def run_pseudo_labels(
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
     confidence = confidence and cfg.eval.compat == "paper"  # reference maps carry none
     identity.update(mode=mode, eval_compat=cfg.eval.compat, confidence=confidence)
-    with output_errors(out_dir):
+    with output_errors(out_dir), ctrl_c_resumable("pseudo-labels"):
         run = start_split_run(
             cfg,
             identity=identity,
