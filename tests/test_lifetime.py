@@ -40,9 +40,9 @@ SLOW_CLI = textwrap.dedent(
     def oracle(dataset):
         detect = real_oracle(dataset)
 
-        def slow(samples):
+        def slow(samples):  # 2 s an image: a shard lasts longer than the test waits
             print("WORKING", os.getpid(), flush=True)
-            time.sleep(0.5)
+            time.sleep(2)
             return detect(samples)
 
         return slow
@@ -84,6 +84,15 @@ def _wait_gone(pids: list[int], seconds: float = 4.0) -> list[int]:
     while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     return [pid for pid in pids if _running(pid)]
+
+
+def _kill_all(process, pids):
+    """Test clean-up: the command and whatever it left (when the test failed)."""
+    for pid in [process.pid, *pids]:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stdout.close()
 
 
 def _start(tmp_path, args, *, new_session=False):
@@ -130,15 +139,14 @@ def test_kill_9_of_evaluate_leaves_no_loader_worker(tmp_path):
     # blocks handing it to the dead command (what kept two workers alive in the issue).
     data = _data(tmp_path, image_size=200)
     process = _start(tmp_path, _evaluate(tmp_path, data, 2))
+    workers = []
     try:
         _, workers = _wait_for(process, lambda out, found: "WORKING" in out and len(found) == 2)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+        assert not _wait_gone(workers), "evaluate's loader workers outlived kill -9"
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.stdout.close()
-    assert not _wait_gone(workers), "evaluate's loader workers outlived kill -9"
+        _kill_all(process, workers)
 
 
 def test_kill_9_of_a_sharded_boxes_launcher_stops_the_other_process(tmp_path):
@@ -146,6 +154,7 @@ def test_kill_9_of_a_sharded_boxes_launcher_stops_the_other_process(tmp_path):
     args = ["boxes", "--oracle", *data, "--devices", "2", "--set", "prompts.device=cpu",
             "--out", str(tmp_path / "val.jsonl")]  # fmt: skip
     process = _start(tmp_path, args)
+    others = []
     try:
         # both processes detecting: the second one has its own WORKING line
         output, others = _wait_for(
@@ -153,28 +162,28 @@ def test_kill_9_of_a_sharded_boxes_launcher_stops_the_other_process(tmp_path):
         )
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
+        assert len(others) == 1, output[-3000:]
+        # (the pipe stays open: a write to a closed one would end the process anyway)
+        assert not _wait_gone(others), "the second process went on with its shard after kill -9"
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.stdout.close()
-    assert len(others) == 1, output[-3000:]
-    assert not _wait_gone(others), "the second process went on with its shard after kill -9"
+        _kill_all(process, others)
 
 
 def test_ctrl_c_of_a_sharded_evaluation_stops_every_process_with_130(tmp_path):
     data = _data(tmp_path)
     process = _start(tmp_path, _evaluate(tmp_path, data, 1, "--devices", "2"), new_session=True)
+    others = []
     try:
         # 2 processes, each with its loader worker
         _, others = _wait_for(
             process, lambda out, found: out.count("WORKING") >= 2 and len(found) == 3
         )
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole process group
-        output, _ = process.communicate(timeout=60)
+        output = process.stdout.read()
+        process.wait(timeout=60)
+        assert process.returncode == 130, output[-3000:]
+        said = " ".join(output.split())
+        assert "run the same `co2sam evaluate` command again to continue" in said
+        assert not _wait_gone(others), "a process or loader worker outlived Ctrl-C"
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.stdout.close()
-    assert process.returncode == 130, output[-3000:]
-    assert "run the same `co2sam evaluate` command again to continue" in " ".join(output.split())
-    assert not _wait_gone(others), "a process or loader worker outlived Ctrl-C"
+        _kill_all(process, others)
