@@ -209,7 +209,8 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
     """What makes two runs of ``command`` the same (their outputs may share a folder).
 
     Files are named and fingerprinted: an adapter folder retrained in place (``best/``)
-    or a box cache made again is another run, not one to resume.
+    or a box cache made again is another run, not one to resume. ``--limit`` is part of
+    it: a report covers the images its folder holds, never the first N of them.
     """
     from co2sam.models.adapter_io import WEIGHTS_FILE
     from co2sam.prompts.source import default_cache_path
@@ -234,6 +235,7 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
         "box_cache_sha256": fingerprint(cache) if cache else None,
         "detector": cfg.prompts.detector,
         "max_boxes": cfg.prompts.max_boxes,
+        "limit": cfg.eval.limit,
     }
 
 
@@ -278,7 +280,12 @@ def start_split_run(
     if cfg.eval.limit is not None:
         dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
     folder = OutputFolder(
-        out_dir, identity, outputs=outputs, overwrite=overwrite, processes=processes
+        out_dir,
+        identity,
+        outputs=outputs,
+        per_run=(SKIPPED_FILE,),
+        overwrite=overwrite,
+        processes=processes,
     )
     try:
         folder.open()

@@ -126,7 +126,12 @@ def predict(
         )
     with output_errors(out), ctrl_c_resumable("predict"):
         folder = OutputFolder(
-            out, identity, outputs=PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
+            out,
+            identity,
+            outputs=PREDICT_OUTPUTS,
+            per_run=(SKIPPED_FILE,),
+            overwrite=overwrite,
+            processes=processes,
         )
         try:
             folder.open()
