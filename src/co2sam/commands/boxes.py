@@ -76,7 +76,10 @@ def boxes(
             origin = "oracle" if oracle else prompter_spec(cfg.prompts.detector).name
             dataset = build_dataset(cfg.data, split, check_masks=not cfg.data.preflight)
             skipped = path.with_name(f"{path.stem}.skipped.txt")
-            dataset = checked_dataset(cfg, dataset, skipped=skipped, processes=processes)
+            # oracle boxes are made from the masks; a detector reads the images alone
+            dataset = checked_dataset(
+                cfg, dataset, skipped=skipped, processes=processes, masks=oracle
+            )
             build_box_cache(
                 cfg,
                 split,

@@ -57,16 +57,21 @@ def launch(devices: int | None, num_nodes: int | None, device: str) -> Any:
         raise
 
 
-def checked_dataset(cfg: Any, dataset: Any, *, skipped: Path | None, processes: Any) -> Any:
+def checked_dataset(
+    cfg: Any, dataset: Any, *, skipped: Path | None, processes: Any, masks: bool = True
+) -> Any:
     """``dataset`` after the pre-flight (see co2sam.data.preflight), ready to run on.
 
+    masks: whether the command needs the ground-truth masks (else they are not checked).
     On bad files without ``--skip-bad``: the main process prints check-data's table and
     every process exits with status 1 before any work.
     """
     from co2sam.data.preflight import PreflightError, SkipLog, checked_split
 
     try:
-        return checked_split(dataset, cfg.data, log=SkipLog(skipped), processes=processes)
+        return checked_split(
+            dataset, cfg.data, log=SkipLog(skipped), processes=processes, masks=masks
+        )
     except PreflightError as error:
         print_preflight_problems(error)
         fail(str(error), code=1)

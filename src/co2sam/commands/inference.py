@@ -266,10 +266,13 @@ def start_split_run(
     num_nodes: int | None,
     segmenter: Path | None = None,
     tta: bool | None = None,
+    masks: bool = True,
 ) -> SplitRun:
     """Steps 1-3 of the module docstring, then the box source and the model.
 
     segmenter: a ``co2sam distill`` segmenter folder to run instead of SAM + boxes.
+    masks: whether the command needs the ground-truth masks (``evaluate``: yes;
+        ``pseudo-labels``: only for oracle boxes): the pre-flight checks only what is read.
     """
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
     from co2sam.output_folder import OutputFolder, OutputFolderError
@@ -293,7 +296,9 @@ def start_split_run(
         fail(str(error))
     skipped_file = out_dir / SKIPPED_FILE
     try:
-        dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
+        dataset = checked_dataset(
+            cfg, dataset, skipped=skipped_file, processes=processes, masks=masks
+        )
         if segmenter is not None:
             predictor, metadata = load_segmenter_folder(segmenter, device, tta=tta)
             if list(metadata["class_names"]) != list(dataset.class_names):

@@ -131,6 +131,7 @@ def run_pseudo_labels(
         start_split_run,
     )
     from co2sam.metrics import metrics_table, write_report
+    from co2sam.prompts.source import reads_masks
     from co2sam.pseudo_labels import (
         PredictionWriter,
         confidence_quality_of_folder,
@@ -154,6 +155,8 @@ def run_pseudo_labels(
             overwrite=overwrite,
             devices=devices,
             num_nodes=num_nodes,
+            # masks only give the quality numbers, unless the boxes are made from them
+            masks=reads_masks(boxes or cfg.prompts.source),
         )
         dataset, source = run.dataset, run.source
         label_folder = out_dir / "SegmentationClass"
@@ -171,9 +174,15 @@ def run_pseudo_labels(
         write_split_list(out_dir, split, written)
         metrics = {**results[mode], "label_folder": str(label_folder), "num_written": len(written)}
         metrics["compat"] = cfg.eval.compat
+        records = run.folder.records()
+        scored = [image_id for image_id in written if records[image_id]["scored"]]
         metrics["confidence_quality"] = (
-            confidence_quality_of_folder(dataset, out_dir, written) if confidence else []
+            confidence_quality_of_folder(dataset, out_dir, scored) if confidence else []
         )
+        # written, but their ground-truth mask could not be used (warned about mid-run)
+        unscored = [
+            image_id for image_id in written if dataset.has_masks and image_id not in scored
+        ]
         report = {
             "split": split,
             "mode": mode,
@@ -185,6 +194,7 @@ def run_pseudo_labels(
             "metrics": metrics,
             "quality": _quality_summary(metrics),
             "skipped": skipped,
+            "masks_not_used": unscored,
             "config": cfg.to_dict(),
         }
         write_report(out_dir / "report.json", report)
@@ -204,6 +214,11 @@ def run_pseudo_labels(
         console.print(
             f"[yellow]{len(skipped)} image(s) skipped (unreadable files): "
             f"{out_dir / 'skipped.txt'}[/]"
+        )
+    if unscored:
+        console.print(
+            f"[yellow]{len(unscored)} pseudo-label(s) without a quality number (their "
+            "ground-truth mask could not be used): report.json, masks_not_used[/]"
         )
     console.print(f"{metrics['num_written']} pseudo-labels in {metrics['label_folder']}")
     return report

@@ -28,6 +28,15 @@ class DatasetError(ValueError):
     """A dataset file or layout a user can fix (the message names the file and the fix)."""
 
 
+class MaskError(DatasetError):
+    """A ground-truth mask cannot be used (missing, unreadable, colour, wrong size); the
+    image itself may be fine. ``path``: the mask file."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
 @dataclass
 class ImageReport:
     """What reading one image found: the PIL mode, size and the conversions applied."""
@@ -162,11 +171,11 @@ def _open_header(path: Path) -> Image.Image:
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 class indices (palette indices, not colours).
 
-    Raises :class:`DatasetError` for a missing/unreadable file or an RGB colour mask.
+    Raises :class:`MaskError` for a missing/unreadable file or an RGB colour mask.
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"mask not found: {path}")
+        raise MaskError(f"mask not found: {path}", path)
     image = None
     try:
         image = Image.open(path)
@@ -174,20 +183,22 @@ def read_label_png(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         if image is not None:
             image.close()  # a failed load() leaves the file open
-        raise DatasetError(f"cannot read mask {path}: {error} (re-create the file)") from error
+        raise MaskError(f"cannot read mask {path}: {error} (re-create the file)", path) from error
     if image.mode in ("P", "L"):
         return np.array(image, dtype=np.uint8)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image)
         if values.max(initial=0) > 255:
-            raise DatasetError(
+            raise MaskError(
                 f"mask {path} holds values above 255 ({int(values.max())}); "
-                "write class indices 0..C and 255 (ignore) as an 8-bit PNG"
+                "write class indices 0..C and 255 (ignore) as an 8-bit PNG",
+                path,
             )
         return values.astype(np.uint8)
-    raise DatasetError(
+    raise MaskError(
         f"mask {path} is a {image.mode} colour image; masks must hold class indices "
-        "(a palette 'P' or grayscale 'L' PNG), e.g. VOC's SegmentationClass PNGs"
+        "(a palette 'P' or grayscale 'L' PNG), e.g. VOC's SegmentationClass PNGs",
+        path,
     )
 
 

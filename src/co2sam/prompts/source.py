@@ -45,6 +45,16 @@ class BoxSource:
         return f"BoxSource({self.description})"
 
 
+MASK_SOURCES = ("oracle", "simulated")
+"""Box sources made from the ground-truth masks: a command using one needs the masks."""
+
+
+def reads_masks(source: str | None) -> bool:
+    """Whether boxes from ``source`` (``prompts.source``, or a box cache file) are made
+    from the split's ground-truth masks, so the command needs them."""
+    return source in MASK_SOURCES
+
+
 def default_cache_path(config: Co2SamConfig, split: str) -> Path:
     """``<prompts.cache_dir>/<split>.jsonl``; default dir ``<data.root>/co2sam_boxes``."""
     folder = config.prompts.cache_dir or str(Path(config.data.root or ".") / "co2sam_boxes")

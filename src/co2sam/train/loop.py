@@ -38,6 +38,7 @@ from co2sam.config import Co2SamConfig
 from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, checked_split
 from co2sam.losses import LOSS_NAMES
 from co2sam.parallel import from_fabric
+from co2sam.prompts.source import reads_masks
 from co2sam.records import Boxes, Sample
 from co2sam.train.checkpoint import (
     copy_checkpoint,
@@ -481,7 +482,10 @@ def _split_data(config, which, dataset, fabric, skipped):
             )
     limit = config.train.limit_train if which == "train" else config.train.limit_val
     dataset = limit_dataset(dataset, limit)
-    return checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
+    # Training reads the masks only for boxes made from them; validation scores on them.
+    masks = which == "val" or reads_masks(config.prompts.source)
+    processes = from_fabric(fabric)
+    return checked_split(dataset, config.data, log=skipped, processes=processes, masks=masks)
 
 
 def _boxes_of(config, split, dataset, boxes_fn):
