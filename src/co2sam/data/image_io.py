@@ -51,7 +51,11 @@ class ImageReport:
 _EXIF_ORIENTATION = 0x0112
 
 
-def _open(path: Path) -> Image.Image:
+DATASET_FIX = "re-download it or remove it from the split list"
+"""How to fix an unreadable image of a dataset split (the default of :func:`read_image`)."""
+
+
+def _open(path: Path, fix: str = DATASET_FIX) -> Image.Image:
     if not path.is_file():
         raise DatasetError(f"image not found: {path} (check data.root and the split list)")
     image = None
@@ -62,8 +66,7 @@ def _open(path: Path) -> Image.Image:
         if image is not None:
             image.close()  # a failed load() leaves the file open
         raise DatasetError(
-            f"cannot read {path}: {error} (the file is truncated or not an image; "
-            "re-download or remove it from the split list)"
+            f"cannot read {path}: {error} (the file is truncated or not an image; {fix})"
         ) from error
     return image
 
@@ -103,17 +106,20 @@ def _to_rgb(image: Image.Image, conversions: list[tuple[str, str]]) -> Image.Ima
     return image.convert("RGB")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, fix: str = DATASET_FIX) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
 
-    Raises :class:`DatasetError` naming the file when it is missing or unreadable.
+    Raises :class:`DatasetError` naming the file when it is missing or unreadable; its
+    message ends with ``fix`` (what the user should do: a dataset's file by default).
     """
-    return read_image_with_report(path)[0]
+    return read_image_with_report(path, fix=fix)[0]
 
 
-def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
+def read_image_with_report(
+    path: str | Path, *, fix: str = DATASET_FIX
+) -> tuple[np.ndarray, ImageReport]:
     """:func:`read_image` plus what was converted on the way (for ``check-data``)."""
-    image = _open(Path(path))
+    image = _open(Path(path), fix)
     conversions: list[tuple[str, str]] = []
     mode = image.mode
     rgb = _to_rgb(image, conversions)
