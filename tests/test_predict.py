@@ -151,9 +151,10 @@ def test_predict_segments_every_readable_image_and_keeps_clashing_names_apart(
 
 def test_an_image_added_later_renames_no_output_and_counts_are_this_runs(image_folder, tmp_path):
     out = tmp_path / "out"
+    boxes = tmp_path / "none.json"
+    boxes.write_text("{}")
     args = ["predict", str(image_folder), "--classes", "dog,sofa", "--sam", "tiny",
-            "--boxes", str(tmp_path / "none.json"), "--out", str(out), "--device", "cpu"]  # fmt: skip
-    (tmp_path / "none.json").write_text("{}")
+            "--boxes", str(boxes), "--out", str(out), "--device", "cpu"]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
     first = sorted(path.name for path in out.rglob("*") if path.is_file())
     rng = np.random.default_rng(2)

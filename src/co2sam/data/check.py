@@ -79,7 +79,9 @@ def available_splits(kind: str, root: str | Path) -> list[str]:
         if not meta.is_file():
             raise DatasetError(f"{meta} not found: run `co2sam prepare coco` first")
         return list(json.loads(meta.read_text()).get("splits", {}))
-    return ["all"]
+    # a custom folder: every labelled image, then each split list (<split>.txt)
+    lists = sorted(p.stem for p in Path(root).expanduser().glob("*.txt") if p.stem != "classes")
+    return ["all", *lists]
 
 
 def _relative(path: Path | None, root: Path) -> str:
