@@ -451,3 +451,11 @@ def test_skipped_txt_describes_the_latest_run(mask_77, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["skipped"] == [] and report["results"]["open"]["num_images"] == 4
     assert not (out / "skipped.txt").exists()
+
+
+def test_the_default_folder_of_plain_sam_names_the_sam_given(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, _evaluate_args(data_root, "--mode", "open", "--limit", "1"))
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs/eval" / f"{data_root.name}-val"
+    assert [folder.name for folder in runs.iterdir()] == ["plain-tiny"]  # not model.sam's

@@ -159,7 +159,9 @@ def run_evaluation(
 
     split = cfg.eval.split
     modes = modes_of(cfg.eval.mode)
-    out_dir = Path(cfg.eval.out_dir or default_out_dir("eval", cfg, split, segmenter=segmenter))
+    out_dir = Path(
+        cfg.eval.out_dir or default_out_dir("eval", cfg, split, sam=sam, segmenter=segmenter)
+    )
     identity = identity_of("evaluate", cfg, split, sam, boxes)
     if segmenter is not None:
         identity = {

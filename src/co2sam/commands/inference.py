@@ -180,12 +180,15 @@ class SplitRun:
     skipped_file: Path
 
 
-def default_out_dir(kind: str, cfg: Any, split: str, *, segmenter: Path | None = None) -> Path:
+def default_out_dir(
+    kind: str, cfg: Any, split: str, *, sam: str | None = None, segmenter: Path | None = None
+) -> Path:
     """``runs/<kind>/<dataset>-<split>/<model>``: one folder per data, split and model.
 
     ``<model>`` is the adapter folder's last two parts (``voc-best``), ``plain-<SAM
-    name>``, or ``segmenter-`` and a segmenter folder's last two parts; ``<dataset>`` the
-    dataset kind (voc, coco) or, for folder and generated data, the root folder's name.
+    name>`` (``sam``, the ``--sam`` given, else ``model.sam``), or ``segmenter-`` and a
+    segmenter folder's last two parts; ``<dataset>`` the dataset kind (voc, coco) or, for
+    folder and generated data, the root folder's name.
     """
     data = cfg.data.dataset
     if data in ("folder", "synthetic"):
@@ -197,7 +200,7 @@ def default_out_dir(kind: str, cfg: Any, split: str, *, segmenter: Path | None =
         adapter = Path(cfg.model.adapter).resolve()
         model = "-".join(part for part in (adapter.parent.name, adapter.name) if part)
     else:
-        model = "plain-" + Path(str(cfg.model.sam)).name
+        model = "plain-" + Path(str(sam or cfg.model.sam)).name
     return Path("runs") / kind / _safe(f"{data}-{split}") / _safe(model)
 
 

@@ -139,7 +139,7 @@ def run_pseudo_labels(
     )
 
     split = split or cfg.data.train_split
-    out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split))
+    out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split, sam=sam))
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
     confidence = confidence and cfg.eval.compat == "paper"  # reference maps carry none
     identity.update(mode=mode, eval_compat=cfg.eval.compat, confidence=confidence)
