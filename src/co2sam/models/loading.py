@@ -93,10 +93,13 @@ def _meta_eps(model: PreTrainedModel) -> PreTrainedModel:
 def _from_hub(source: str) -> PreTrainedModel:
     from transformers import AutoConfig
 
+    from co2sam.hub import hub_options
+
+    options = hub_options(source, "SAM (or an official .pth/.pt file)")  # no network: at once
     try:
-        model_type = AutoConfig.from_pretrained(source).model_type
+        model_type = AutoConfig.from_pretrained(source, **options).model_type
         family = family_of_model_type(model_type, f"hub model {source}")
-        return family.model_class.from_pretrained(source)
+        return family.model_class.from_pretrained(source, **options)
     except OSError as error:
         raise OSError(
             f"Cannot load {source!r} from the Hugging Face hub ({error}). Check the id "
