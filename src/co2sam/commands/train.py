@@ -111,6 +111,10 @@ def train(
                 f"or one of {', '.join(BOX_SOURCES)}"
             )
     cfg = resolve_config(config, overrides, **flags)
+    if not progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bars too
 
     from co2sam.data import DatasetError
     from co2sam.data.preflight import PreflightError
