@@ -150,6 +150,9 @@ def test_train_skips_a_file_that_fails_mid_run(broken, tmp_path):
     assert "Traceback" not in result.output
     assert set(SkipLog(run / "skipped.txt").listed()) == {ids[i] for i in (0, 1, 2, 3, 5)}
     assert (run / "last" / "adapter_model.safetensors").is_file()
+    summary = " ".join(result.output.split())
+    assert "5 image(s) with bad files left out (skipped.txt)" in summary
+    assert "without boxes" not in summary  # the 3 good images all have boxes
 
 
 def _folder_data(root, stray_value_in=None):

@@ -373,8 +373,10 @@ def _optimizer_step(
     signum = signals.agreed(received)
     if signum is not None:
         raise StopRequested(signum)
+    # Images without boxes; placeholders of bad files are counted in skipped.txt instead.
+    unreadable = getattr(batch, "unreadable", 0)
     if anyone == 0:
-        state["skipped_images"] += len(batch)
+        state["skipped_images"] += len(batch) - unreadable
         state["skipped_steps"] += 1
         return None
     if has_boxes:
@@ -383,7 +385,8 @@ def _optimizer_step(
         # Others have boxes: join the gradient all-reduce with a zero loss (DDP needs
         # every process to run a forward and a backward).
         total, logs = _zero_loss(model), {"images": torch.zeros(()), "skipped": None}
-    state["skipped_images"] += len(batch) if logs["skipped"] is None else int(logs["skipped"])
+    without_boxes = len(batch) if logs["skipped"] is None else int(logs["skipped"])
+    state["skipped_images"] += without_boxes - unreadable
     finite = bool(torch.isfinite(total))
     flags = torch.tensor([float(not finite), float(logs["images"])], device=fabric.device)
     if distributed:
