@@ -196,6 +196,7 @@ def test_evaluate_command_writes_report_pngs_and_figures(data_root, dataset, tmp
     assert report["results"]["open"]["mode"] == "open"
     assert report["eval_compat"] == "paper" and report["results"]["open"]["compat"] == "paper"
     assert report["checkpoint"]["adapter"] == str(adapter)
+    assert report["processes"] == {"count": 1, "cpu_threads_per_process": torch.get_num_threads()}
     for mode in ("label-guided", "open"):
         assert (out / mode / "confusion_matrix.png").is_file()
         for sample in dataset:

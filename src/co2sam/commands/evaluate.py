@@ -148,6 +148,7 @@ def run_evaluation(
         default_out_dir,
         fingerprint,
         identity_of,
+        processes_record,
         segment_split,
         split_results,
         start_split_run,
@@ -259,6 +260,7 @@ def run_evaluation(
             "class_names": list(dataset.class_names),
             "results": results,
             "skipped": skipped,
+            "processes": processes_record(run.processes),
             "config": cfg.to_dict(),
         }
         write_report(out_dir / "report.json", report)

@@ -151,6 +151,14 @@ def checkpoint_record(adapter: str | None, split: str) -> dict[str, Any] | None:
     return record
 
 
+def processes_record(processes: Any) -> dict[str, Any]:
+    """How many processes segmented the split, and the CPU threads each one used (on CPU,
+    a different thread count can change mask logits in the last bit: README, Long runs)."""
+    import torch
+
+    return {"count": processes.world_size, "cpu_threads_per_process": torch.get_num_threads()}
+
+
 def box_source_record(source: Any) -> dict[str, Any]:
     """What a report says about where its boxes came from."""
     return {

@@ -126,6 +126,7 @@ def run_pseudo_labels(
         box_source_record,
         default_out_dir,
         identity_of,
+        processes_record,
         segment_split,
         split_results,
         start_split_run,
@@ -194,6 +195,7 @@ def run_pseudo_labels(
             "metrics": metrics,
             "quality": _quality_summary(metrics),
             "skipped": skipped,
+            "processes": processes_record(run.processes),
             "masks_not_used": unscored,
             "config": cfg.to_dict(),
         }
