@@ -48,3 +48,5 @@ def test_a_cached_model_is_loaded_from_the_cache_without_network(no_network, tmp
     (snapshot.parents[1] / "refs" / "main").write_text("abc")
     assert hub_options("owner/model") == {"local_files_only": True}
     assert hub_options(str(tmp_path)) == {}  # a local folder: nothing to resolve
+    assert hub_options(str(tmp_path / "missing")) == {}  # not a hub id: from_pretrained says
+    assert no_network == ["huggingface.co"]  # for owner/model only

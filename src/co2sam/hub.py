@@ -10,6 +10,7 @@ local Hugging Face cache when the hub cannot be reached, or refuses with
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 5.0
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""``owner/name``: what the hub accepts as a model id."""
 
 
 class HubUnreachable(OSError):
@@ -26,12 +29,12 @@ class HubUnreachable(OSError):
 def hub_options(source: str, what: str = "the model") -> dict[str, Any]:
     """``from_pretrained`` keyword arguments for the hub id ``source``.
 
-    ``{}`` when the hub can be reached (or ``source`` is a local path); ``{"local_files_only":
+    ``{}`` when the hub can be reached (or ``source`` is not a hub id); ``{"local_files_only":
     True}`` when it cannot but ``source`` is in the local cache. Raises
     :class:`HubUnreachable` naming the fix otherwise. ``what``: how the message names it.
     """
-    if Path(source).expanduser().exists():
-        return {}
+    if not HUB_ID.fullmatch(source) or Path(source).expanduser().exists():
+        return {}  # a local path (from_pretrained says what is wrong with it)
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
