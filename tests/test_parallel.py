@@ -169,6 +169,7 @@ def test_zero_devices_or_nodes_are_refused(tmp_path):
 
 def test_several_nodes_say_what_they_wait_for(monkeypatch):
     from lightning.fabric import Fabric
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from co2sam.parallel import launch_processes
 
@@ -179,6 +180,8 @@ def test_several_nodes_say_what_they_wait_for(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(Fabric, "launch", launch)
+    # Fabric records this process's rank in a global (node 1: rank 2); keep it for the others
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
     for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
     said = []
@@ -193,3 +196,4 @@ def test_several_nodes_say_what_they_wait_for(monkeypatch):
         launch_processes(2, 2, device="cpu", say=said.append)
     assert said[1].startswith("node 1 of 2 (NODE_RANK=1): waiting for all 4 processes")
     assert "at 10.0.0.1:29500; start the same command on every node" in said[1]
+    assert rank_zero_only.rank == 2  # set by Fabric; monkeypatch restores it after the test
