@@ -25,7 +25,8 @@ def benchmarks():
     threads = torch.get_num_threads()
     try:
         yield {
-            name: importlib.import_module(name) for name in ("common", "train_step", "inference")
+            name: importlib.import_module(name)
+            for name in ("common", "train_step", "inference", "threads")
         }
     finally:
         torch.set_num_threads(threads)
@@ -80,6 +81,14 @@ def test_inference_main_with_memory(benchmarks, capsys):
     for row in result["rows"]:
         assert row.memory_kind == "cpu-peak-rss-delta" and math.isfinite(row.peak_mib)
         assert row.extra["resident_mib"] > 0
+
+
+def test_threads_main_compares_outputs_per_thread_count(benchmarks, capsys):
+    rows = benchmarks["threads"].main(["--images", "2", "--size", "32", "--threads", "1", "2"])
+    assert [row["threads"] for row in rows] == [1, 2]
+    assert rows[0]["max_logit_diff"] == 0 and rows[0]["pixels_differing"] == 0
+    assert all(0 <= row["logits_differing"] <= 1 for row in rows)
+    assert "| 2 vs 1 |" in capsys.readouterr().out
 
 
 def test_peak_memory_sees_a_large_tensor(benchmarks):

@@ -57,3 +57,22 @@ def test_sam_option_help_names_the_demo_sam():
     for command in (["train"], ["evaluate"], ["pseudo-labels"], ["predict"]):
         result = runner.invoke(app, [*command, "--help"], terminal_width=100)
         assert "demo (the small SAM shipped" in " ".join(result.output.split()), command
+
+
+def test_no_progress_silences_the_weight_loading_bars_too(tmp_path):
+    from transformers.utils import logging as transformers_logging
+
+    from co2sam.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", num_images=2, num_classes=2, image_size=32,
+                           splits={"train": 2})  # fmt: skip
+    args = ["train", "--data-root", str(tmp_path / "data"), "--set", "data.dataset=synthetic",
+            "--set", "data.train_split=train", "--sam", "demo", "--boxes", "oracle",
+            "--set", "train.val_every=0", "--set", "data.num_workers=0", "--max-steps", "1",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    try:
+        result = runner.invoke(app, [*args, "--no-progress"])
+    finally:
+        transformers_logging.enable_progress_bar()
+    assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.output  # the demo SAM is a transformers folder

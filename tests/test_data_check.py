@@ -124,6 +124,25 @@ def test_check_data_folder_dataset(tmp_path):
     assert "ok.jpg" not in result.output
 
 
+def test_check_data_on_a_folder_checks_its_split_lists(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "classes.txt").write_text("background\ncat\n")
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / f"{name}.jpg")
+    (tmp_path / "labels.csv").write_text("a.jpg,cat\nb.jpg,cat\nc.jpg,cat\n")
+    (tmp_path / "train.txt").write_text("a.jpg\nb.jpg\n")
+    (tmp_path / "val.txt").write_text("c.jpg\n")
+    args = ["check-data", "--dataset", "folder", "--data-root", str(tmp_path)]
+    result = runner.invoke(app, args, terminal_width=250)
+    assert result.exit_code == 0, result.output
+    assert "all: 3 images, train: 2 images, val: 1 images" in " ".join(result.output.split())
+    (tmp_path / "val.txt").write_text("c.jpg\nd.jpg\n")  # d has no row in labels.csv
+    result = runner.invoke(app, args, terminal_width=250)
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "bad split list" in text and "val.txt: d has no entry in" in text
+
+
 def test_check_data_reports_repeated_images_and_case_only_class_names(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "classes.txt").write_text("background\ncat\nDog\ndog\n")

@@ -75,6 +75,8 @@ def test_skip_bad_leaves_the_bad_images_out_and_lists_them(broken):
     listed = log.listed()
     assert list(listed) == ids[:6]
     assert "outside 0..3" in listed[ids[2]] and "missing mask" in listed[ids[4]]
+    assert "skipped (--skip-bad): fix the mask" in listed[ids[2]]  # says what happened
+    assert "not handled" not in listed[ids[2]]
     assert len(problems) >= 6
 
 
@@ -148,3 +150,90 @@ def test_train_skips_a_file_that_fails_mid_run(broken, tmp_path):
     assert "Traceback" not in result.output
     assert set(SkipLog(run / "skipped.txt").listed()) == {ids[i] for i in (0, 1, 2, 3, 5)}
     assert (run / "last" / "adapter_model.safetensors").is_file()
+    summary = " ".join(result.output.split())
+    assert "5 image(s) with bad files left out (skipped.txt)" in summary
+    assert "without boxes" not in summary  # the 3 good images all have boxes
+
+
+def _folder_data(root, stray_value_in=None):
+    """A folder dataset (labels in labels.csv, masks beside) made from generated data;
+    ``stray_value_in``: the index of an image whose mask gets the value 77."""
+    import json
+    import shutil
+
+    voc = make_synthetic_dataset(
+        root / "voc", num_images=6, num_classes=3, image_size=40, seed=2, splits={"train": 6}
+    )
+    folder = root / "folder"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    (folder / "classes.txt").write_text((voc / "classes.txt").read_text())
+    labels = json.loads((voc / "labels.json").read_text())
+    ids = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    for image_id in ids:
+        shutil.copy(voc / "JPEGImages" / f"{image_id}.jpg", folder / "images")
+        shutil.copy(voc / "SegmentationClass" / f"{image_id}.png", folder / "masks")
+    rows = [f"{image_id}.jpg,{';'.join(labels[image_id])}" for image_id in ids]
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    (folder / "train.txt").write_text("\n".join(ids) + "\n")
+    return folder, ids
+
+
+def _add_stray_value(folder, image_id):
+    path = folder / "masks" / f"{image_id}.png"
+    values = np.array(Image.open(path))
+    values[0, 0] = 77
+    Image.fromarray(values).save(path)
+    return path
+
+
+def test_a_command_that_does_not_need_masks_keeps_an_image_with_a_bad_mask(tmp_path, capsys):
+    folder, ids = _folder_data(tmp_path)
+    mask = _add_stray_value(folder, ids[2])
+    config = load_config(None, ["data.dataset=folder", f"data.root={folder}"])
+    dataset = build_dataset(config.data, "train", check_masks=False)
+    with pytest.raises(PreflightError):  # evaluate, validation, oracle boxes: needed
+        preflight(dataset)
+    kept, problems = preflight(dataset, masks=False)  # not read: not checked
+    assert kept is dataset and not [p for p in problems if p.level == "error"]
+
+    needed = SkipUnreadable(dataset, SkipLog(tmp_path / "needed.txt"))[2]
+    assert needed.problem is not None
+    assert f"skipping {mask}:" in capsys.readouterr().err  # names the mask, not the image
+    spared = SkipUnreadable(dataset, SkipLog(tmp_path / "spared.txt"), masks=False)[2]
+    assert spared.problem is None and spared.mask is None
+    assert spared.image.shape == (40, 40, 3) and spared.labels == dataset.image_labels(2)
+    assert f"not using mask {mask}:" in capsys.readouterr().err
+    assert not (tmp_path / "spared.txt").exists()  # not skipped
+    mask.unlink()  # a missing mask: the same
+    assert SkipUnreadable(dataset, masks=False)[2].problem is None
+
+
+def test_pseudo_labels_and_train_read_masks_only_for_oracle_boxes(tmp_path):
+    import json
+
+    folder, ids = _folder_data(tmp_path)
+    data = ["--data-root", str(folder), "--set", "data.dataset=folder",
+            "--set", "data.num_workers=0", "--set", "data.train_split=train"]  # fmt: skip
+    made = runner.invoke(app, ["boxes", "--oracle", "--split", "train", *data])
+    assert made.exit_code == 0, made.output
+    _add_stray_value(folder, ids[2])
+    model = ["--sam", "tiny", "--device", "cpu", "--split", "train"]
+    out = tmp_path / "pl"
+    result = runner.invoke(app, ["pseudo-labels", *data, *model, "--boxes", "cache",
+                                 "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "SegmentationClass" / f"{ids[2]}.png").is_file()  # labelled all the same
+    assert report["skipped"] == [] and report["masks_not_used"] == [ids[2]]
+    assert report["quality"]["num_images"] == len(ids) - 1
+    oracle = runner.invoke(app, ["pseudo-labels", *data, *model, "--boxes", "oracle",
+                                 "--out", str(tmp_path / "oracle")])  # fmt: skip
+    assert oracle.exit_code == 1 and "--skip-bad" in oracle.output  # boxes need the mask
+
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", *data, "--sam", "tiny", "--boxes", "cache",
+                                  "--set", "train.val_every=0", "--max-steps", "2",
+                                  "--no-progress", "--out", str(run)])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert not (run / "skipped.txt").exists()

@@ -196,6 +196,7 @@ def test_evaluate_command_writes_report_pngs_and_figures(data_root, dataset, tmp
     assert report["results"]["open"]["mode"] == "open"
     assert report["eval_compat"] == "paper" and report["results"]["open"]["compat"] == "paper"
     assert report["checkpoint"]["adapter"] == str(adapter)
+    assert report["processes"] == {"count": 1, "cpu_threads_per_process": torch.get_num_threads()}
     for mode in ("label-guided", "open"):
         assert (out / mode / "confusion_matrix.png").is_file()
         for sample in dataset:
@@ -417,3 +418,45 @@ def test_evaluate_command_refuses_a_segmenter_of_other_classes(data_root, tmp_pa
     assert mixed.exit_code == 2 and "runs alone" in " ".join(mixed.output.split())
     tta = runner.invoke(app, [*arguments, "--sam", "tiny", "--tta"])
     assert tta.exit_code == 2 and "--segmenter only" in " ".join(tta.output.split())
+
+
+def test_limit_is_part_of_the_output_folders_identity(data_root, tmp_path):
+    out = tmp_path / "eval"
+    args = _evaluate_args(data_root, "--out", str(out), "--mode", "open")
+    assert runner.invoke(app, args).exit_code == 0
+    whole = json.loads((out / "report.json").read_text())
+    assert whole["results"]["open"]["num_images"] == 4
+    limited = runner.invoke(app, [*args, "--limit", "2"])  # would report 2 of 4 PNGs
+    assert limited.exit_code == 2
+    assert "limit" in limited.output and "--overwrite" in limited.output
+    assert json.loads((out / "report.json").read_text()) == whole
+    first = tmp_path / "first"
+    limited = [*_evaluate_args(data_root, "--out", str(first), "--mode", "open"), "--limit", "2"]
+    assert runner.invoke(app, limited).exit_code == 0
+    again = runner.invoke(app, limited)  # the same limit: the same run, resumed
+    assert again.exit_code == 0 and "resuming: 2 of 2 images done" in again.output
+
+
+def test_skipped_txt_describes_the_latest_run(mask_77, tmp_path):
+    root, ids = mask_77
+    out = tmp_path / "eval"
+    args = _evaluate_args(root, "--out", str(out), "--skip-bad")
+    assert runner.invoke(app, args).exit_code == 0
+    assert (out / "skipped.txt").read_text().startswith(f"{ids[1]}\t")
+    mask = root / "VOC2012/SegmentationClass" / f"{ids[1]}.png"
+    values = np.array(Image.open(mask))
+    values[values == 77] = 0  # the user fixes the mask and runs the same command again
+    Image.fromarray(values).save(mask)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped"] == [] and report["results"]["open"]["num_images"] == 4
+    assert not (out / "skipped.txt").exists()
+
+
+def test_the_default_folder_of_plain_sam_names_the_sam_given(data_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, _evaluate_args(data_root, "--mode", "open", "--limit", "1"))
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs/eval" / f"{data_root.name}-val"
+    assert [folder.name for folder in runs.iterdir()] == ["plain-tiny"]  # not model.sam's

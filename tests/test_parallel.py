@@ -157,3 +157,43 @@ def test_processes_shard_and_refuse_one_named_device():
     assert accelerator_of("auto") == "auto" and accelerator_of("gpu") == "cuda"
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
         accelerator_of("cuda:1")
+
+
+def test_zero_devices_or_nodes_are_refused(tmp_path):
+    for option in ("--devices", "--num-nodes"):
+        result = runner.invoke(app, ["evaluate", "--sam", "tiny", "--data-root", str(tmp_path),
+                                     "--boxes", "oracle", option, "0"])  # fmt: skip
+        assert result.exit_code == 2
+        assert "must be >= 1" in " ".join(result.output.split())
+
+
+def test_several_nodes_say_what_they_wait_for(monkeypatch):
+    from lightning.fabric import Fabric
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from co2sam.parallel import launch_processes
+
+    class Stop(Exception):
+        pass
+
+    def launch(self, *args, **kwargs):  # where the rendezvous would wait for node 1
+        raise Stop
+
+    monkeypatch.setattr(Fabric, "launch", launch)
+    # Fabric records this process's rank in a global (node 1: rank 2); keep it for the others
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
+    for name in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    said = []
+    with pytest.raises(Stop):
+        launch_processes(1, 2, device="cpu", say=said.append)
+    assert said[0].startswith("node 0 of 2 (NODE_RANK=0): waiting for all 2 processes")
+    assert "at 127.0.0.1:" in said[0] and "MASTER_ADDR and MASTER_PORT are not both set" in said[0]
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("NODE_RANK", "1")
+    with pytest.raises(Stop):
+        launch_processes(2, 2, device="cpu", say=said.append)
+    assert said[1].startswith("node 1 of 2 (NODE_RANK=1): waiting for all 4 processes")
+    assert "at 10.0.0.1:29500; start the same command on every node" in said[1]
+    assert rank_zero_only.rank == 2  # set by Fabric; monkeypatch restores it after the test

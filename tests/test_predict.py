@@ -84,18 +84,18 @@ def test_predict_command_writes_labels_overlays_and_details(image_folder, tmp_pa
          "--boxes", str(boxes), "--out", str(out), "--device", "cpu"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    for stem, size in (("a", (50, 30)), ("b", (36, 44))):
-        with Image.open(out / "labels" / f"{stem}.png") as label:
+    for name, size in (("a.jpg", (50, 30)), ("b.png", (36, 44))):
+        with Image.open(out / "labels" / f"{name}.png") as label:
             assert label.mode == "P" and label.size == size
             palette = np.array(label.getpalette()[: 256 * 3], np.uint8).reshape(256, 3)
             assert np.array_equal(palette, voc_palette())
             assert set(np.unique(np.array(label)).tolist()) <= {0, 1, 2}
-        with Image.open(out / "overlays" / f"{stem}.png") as overlay:
+        with Image.open(out / "overlays" / f"{name}.png") as overlay:
             assert overlay.mode == "RGB" and overlay.size == size
-    details = json.loads((out / "details" / "a.json").read_text())
+    details = json.loads((out / "details" / "a.jpg.json").read_text())
     assert [box["class"] for box in details["boxes"]] == ["dog", "sofa"]
     assert sum(area["pixels"] for area in details["areas"].values()) == 50 * 30
-    b_details = json.loads((out / "details" / "b.json").read_text())
+    b_details = json.loads((out / "details" / "b.png.json").read_text())
     assert b_details["areas"] == {"background": {"pixels": 36 * 44, "fraction": 1.0}}
     assert b_details["boxes"] == []
 
@@ -129,21 +129,47 @@ def test_predict_segments_every_readable_image_and_keeps_clashing_names_apart(
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "1 unreadable image(s)" in text and "broken.jpg" in text
+    assert "replace the file, or remove it" in text and "split list" not in text
     assert "3 image(s) segmented" in text
     assert sorted(p.name for p in (out / "labels").glob("*.png")) == [
-        "a.jpg.png", "a.png.png", "b.png"
+        "a.jpg.png", "a.png.png", "b.png.png"
     ]  # fmt: skip
     first = json.loads((out / "details" / "a.jpg.json").read_text())
     second = json.loads((out / "details" / "a.png.json").read_text())
     assert first["size"] == {"height": 30, "width": 50} and first["boxes"][0]["class"] == "dog"
     assert second["size"] == {"height": 20, "width": 24} and second["boxes"][0]["class"] == "sofa"
-    assert (out / "skipped.txt").read_text().startswith("broken\t")
+    assert (out / "skipped.txt").read_text().startswith("broken.jpg\t")
 
     again = runner.invoke(app, args)  # the same run: nothing left to segment
-    assert again.exit_code == 0 and "3 image(s) segmented" in " ".join(again.output.split())
+    assert again.exit_code == 0
+    assert "0 image(s) segmented" in " ".join(again.output.split())
+    assert "(3 more done by an earlier run)" in " ".join(again.output.split())
     other = runner.invoke(app, [*args[:-4], "--out", str(out), "--device", "cpu",
                                 "--adapter", str(tmp_path / "x")])  # fmt: skip
     assert other.exit_code == 2 and "another run" in " ".join(other.output.split())
+
+
+def test_an_image_added_later_renames_no_output_and_counts_are_this_runs(image_folder, tmp_path):
+    out = tmp_path / "out"
+    boxes = tmp_path / "none.json"
+    boxes.write_text("{}")
+    args = ["predict", str(image_folder), "--classes", "dog,sofa", "--sam", "tiny",
+            "--boxes", str(boxes), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    first = sorted(path.name for path in out.rglob("*") if path.is_file())
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(image_folder / "a.png")
+    result = runner.invoke(app, args)  # a.png now shares a.jpg's stem
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1 image(s) segmented" in text and "(2 more done by an earlier run)" in text
+    assert "outputs of 3" in text
+    assert sorted(p.name for p in (out / "labels").glob("*.png")) == [
+        "a.jpg.png", "a.png.png", "b.png.png"
+    ]  # fmt: skip
+    now = sorted(path.name for path in out.rglob("*") if path.is_file())
+    assert set(first) <= set(now)  # nothing renamed, nothing left over from before
+    assert len(now) == len(first) + 3  # the new image's label, overlay and details
 
 
 def test_predict_command_with_a_segmenter_needs_no_boxes(image_folder, tmp_path):
@@ -158,11 +184,11 @@ def test_predict_command_with_a_segmenter_needs_no_boxes(image_folder, tmp_path)
         app, ["predict", str(image_folder), "--segmenter", str(folder), "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    for stem, size in (("a", (50, 30)), ("b", (36, 44))):
-        with Image.open(out / "labels" / f"{stem}.png") as label:
+    for name, size in (("a.jpg", (50, 30)), ("b.png", (36, 44))):
+        with Image.open(out / "labels" / f"{name}.png") as label:
             assert label.mode == "P" and label.size == size
             assert set(np.unique(np.array(label)).tolist()) <= {0, 1, 2}
-    details = json.loads((out / "details" / "a.json").read_text())
+    details = json.loads((out / "details" / "a.jpg.json").read_text())
     assert details["mode"] == "open" and details["predictor"] == "segmenter"
     assert "boxes" not in details
     assert sum(area["pixels"] for area in details["areas"].values()) == 50 * 30

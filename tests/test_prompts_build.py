@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -147,6 +148,12 @@ def test_boxes_stop_on_a_bad_image_or_leave_it_out(tmp_path):
     assert sorted(cache) == sorted(ids[:1] + ids[2:])
     skipped = (tmp_path / "co2sam_boxes" / "val.skipped.txt").read_text()
     assert skipped.startswith(f"{ids[1]}\t")
+    shutil.copy(tmp_path / "VOC2012/JPEGImages" / f"{ids[0]}.jpg",
+                tmp_path / "VOC2012/JPEGImages" / f"{ids[1]}.jpg")  # fmt: skip
+    result = runner.invoke(app, args)  # fixed: the cache is completed, nothing skipped
+    assert result.exit_code == 0, result.output
+    assert sorted(load_box_cache(tmp_path / "co2sam_boxes" / "val.jsonl")) == sorted(ids)
+    assert not (tmp_path / "co2sam_boxes" / "val.skipped.txt").exists()
 
 
 def test_import_boxes_refuses_to_replace_a_cache_without_overwrite(data_root, tmp_path):

@@ -64,10 +64,17 @@ def test_cache_source_checks_settings_and_completeness(tmp_path):
     stricter = _config(tmp_path, "prompts.box_threshold=0.5")
     with pytest.raises(BoxCacheError, match="box_threshold"):
         box_source(stricter, "val", dataset)
-    with pytest.raises(BoxCacheError, match="lacks 2 image"):
+    with pytest.raises(BoxCacheError, match="lacks 2 image") as raised:
         box_source(config, "val", TinyDataset(5))
-    with pytest.raises(FileNotFoundError):
+    options = f"--data-root {tmp_path} --set data.dataset=synthetic"
+    assert f"complete it with `co2sam boxes --split val {options}`" in str(raised.value)
+    with pytest.raises(FileNotFoundError) as raised:
         box_source(config, "train_aug", dataset)
+    assert f"make it with `co2sam boxes --split train_aug {options}`" in str(raised.value)
+    assert "<split>" not in str(raised.value)
+    other = _config(tmp_path, "prompts.detector=IDEA-Research/grounding-dino-tiny")
+    with pytest.raises(FileNotFoundError, match="--detector IDEA-Research/grounding-dino-tiny"):
+        box_source(other, "test", dataset)
 
 
 def test_a_named_cache_file_keeps_its_own_settings(tmp_path):

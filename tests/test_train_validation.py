@@ -47,11 +47,41 @@ def test_folder_data_without_a_val_list_is_refused(tmp_path):
 
     listed = _folder_data(tmp_path / "listed", val_list=["im3"])  # val listed, train = all
     config = DataConfig(dataset="folder", root=str(listed))
+    with pytest.raises(DatasetError, match="no train_aug.txt") as raised:  # the default
+        check_validation_split(
+            build_dataset(config, config.train_split), build_dataset(config, "val")
+        )
+    assert "data.train_split=NAME" in str(raised.value)
+    (listed / "train.txt").write_text("im0\nim1\nim2\nim3\n")
+    config = DataConfig(dataset="folder", root=str(listed))
     with pytest.raises(DatasetError, match="also a training image"):
         check_validation_split(build_dataset(config, "train"), build_dataset(config, "val"))
     split = _folder_data(tmp_path / "split", val_list=["im3"], train_list=["im0", "im1", "im2"])
     config = DataConfig(dataset="folder", root=str(split))
     check_validation_split(build_dataset(config, "train"), build_dataset(config, "val"))
+
+
+def test_folder_data_trains_on_its_train_list_by_default(tmp_path):
+    root = _folder_data(tmp_path / "data", val_list=["im3"], train_list=["im0", "im1", "im2"])
+    assert DataConfig(dataset="folder", root=str(root)).train_split == "train"
+    assert DataConfig(dataset="voc", root=str(root)).train_split == "train_aug"
+    (root / "train_aug.txt").write_text("im0\n")  # a folder that has its own train_aug
+    assert DataConfig(dataset="folder", root=str(root)).train_split == "train_aug"
+    (root / "train_aug.txt").unlink()
+    (root / "masks").mkdir()
+    for index in range(4):  # for oracle boxes
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4 + index : 20 + index, 6:22] = 1
+        Image.fromarray(mask).save(root / "masks" / f"im{index}.png")
+    # README's "Custom data" recipe: train.txt and val.txt, no --set data.train_split
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data-root", str(root), "--set",
+                                 "data.dataset=folder", "--sam", "tiny", "--boxes", "oracle",
+                                 "--set", "data.num_workers=0", "--epochs", "1",
+                                 "--no-progress", "--out", str(run)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "step 3, epoch 1" in result.output  # the 3 images of train.txt
+    assert (run / "best").is_dir()  # chosen on val.txt's image
 
 
 def test_train_on_folder_data_says_so_and_trains_without_validation_when_asked(tmp_path):

@@ -62,5 +62,5 @@ def test_commands_chain_on_generated_data(tmp_path):
            "--adapter", str(run / "last"),
            "--boxes", str(data / "co2sam_boxes" / "train.jsonl"),
            "--out", str(predictions))  # fmt: skip
-    assert (predictions / "labels" / f"{ids[0]}.png").is_file()
-    assert (predictions / "overlays" / f"{ids[0]}.png").is_file()
+    assert (predictions / "labels" / f"{ids[0]}.jpg.png").is_file()
+    assert (predictions / "overlays" / f"{ids[0]}.jpg.png").is_file()

@@ -65,6 +65,9 @@ class DataConfig:
     """Dataset root: the ``VOC2012`` folder (or a folder above it), the output of
     ``co2sam prepare coco``, or a custom folder."""
     train_split: str = "train_aug"
+    """The training split: VOC's ``train_aug`` (with SBD) by default. A folder dataset
+    that has ``train.txt`` but no ``train_aug.txt`` uses ``train`` (``<split>.txt`` lists a
+    custom folder's split; without one a split is every image)."""
     val_split: str = "val"
     num_workers: int = 2
     preflight: bool = True
@@ -81,6 +84,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data.dataset", self.dataset, ("voc", "coco", "folder", "synthetic"))
+        if self.dataset == "folder" and self.train_split == "train_aug" and self.root:
+            lists = Path(self.root).expanduser()
+            if not (lists / "train_aug.txt").is_file() and (lists / "train.txt").is_file():
+                self.train_split = "train"  # VOC's default names no list of a custom folder
 
 
 @dataclass

@@ -33,6 +33,7 @@ from co2sam.inference.base import (
     progress_bar,
 )
 from co2sam.inference.sam import SamPredictor
+from co2sam.lifetime import WorkerGuard
 from co2sam.metrics import ConfusionMatrix
 from co2sam.records import Boxes, Sample
 
@@ -165,7 +166,13 @@ def evaluate_predictor(
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=list,
+        # Workers die with this process (even on kill -9) and leave Ctrl-C to it.
+        worker_init_fn=WorkerGuard() if num_workers > 0 else None,
     )
     with eval_mode(predictor.model), progress_bar(progress) as bar, torch.inference_mode():
         task = bar.add_task("evaluate", total=len(dataset))

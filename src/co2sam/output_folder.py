@@ -12,7 +12,10 @@ written after the image's files). So:
   anything does not count);
 - a folder that holds other files is refused the same way (nothing is mixed);
 - a second command writing into the folder at the same time is refused (a file lock,
-  held by the main process, released by the system if the process dies).
+  held by the main process, released by the system if the process dies);
+- files about one run only (``per_run``: the list of skipped images) are removed when a
+  run starts, so they always describe the latest run (an image fixed since is not
+  listed; one still bad is listed again).
 
 A killed process leaves at worst a truncated last line in its own log: it is dropped
 when that log is next opened, and the image is done again.
@@ -41,6 +44,8 @@ class OutputFolder:
     identity: what makes two runs the same (JSON values); compared key by key.
     outputs: the names (files or folders, relative) this command writes, cleared by
         ``overwrite``; nothing else in the folder is ever removed.
+    per_run: names among ``outputs`` that describe one run only, removed whenever a run
+        starts (resumed or not).
     processes: a :class:`co2sam.parallel.Processes` (None: one process).
     """
 
@@ -50,12 +55,14 @@ class OutputFolder:
         identity: Mapping[str, Any],
         *,
         outputs: Sequence[str],
+        per_run: Sequence[str] = (),
         overwrite: bool = False,
         processes: Any = None,
     ) -> None:
         self.path = Path(path)
         self.identity = json.loads(json.dumps(dict(identity), default=str))
         self.outputs = tuple(outputs)
+        self.per_run = tuple(per_run)
         self.overwrite = overwrite
         self.processes = processes
         self.resumed = False
@@ -150,6 +157,8 @@ class OutputFolder:
             except ValueError:
                 found = {}
             if found == self.identity and not self.overwrite:
+                for name in self.per_run:
+                    (self.path / name).unlink(missing_ok=True)
                 return True
             if not self.overwrite and not self._holds_nothing():
                 self.close()

@@ -8,17 +8,25 @@ started the way ``co2sam train`` starts them (Lightning Fabric, DDP): ``--device
 starts N local processes; on several machines the same command runs on every node with
 ``--num-nodes M`` and Lightning's variables (``MASTER_ADDR``, ``MASTER_PORT``,
 ``NODE_RANK``), or under SLURM / torchrun. On CPUs the processes talk over gloo.
+
+The processes Fabric starts on this machine die with the command that started them
+(even on ``kill -9``) and leave Ctrl-C to it (:func:`co2sam.lifetime.tie_to_launcher`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 
 Item = TypeVar("Item")
+
+LAUNCHER_ENV = "CO2SAM_LAUNCHER_PID"
+"""Set (to its pid) by a command while Fabric starts its other processes: a process that
+finds its parent's pid there was started by that command and ties its life to it."""
 
 
 @dataclass
@@ -89,12 +97,20 @@ def accelerator_of(device: str) -> str:
     )
 
 
-def launch_processes(devices: int = 1, num_nodes: int = 1, *, device: str = "auto") -> Processes:
+def launch_processes(
+    devices: int = 1,
+    num_nodes: int = 1,
+    *,
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+) -> Processes:
     """Start (or join) ``devices x num_nodes`` processes with Lightning Fabric (DDP).
 
     On one machine Fabric re-runs the command once per extra device; under torchrun,
     SLURM or with Lightning's variables set, each started process joins the group. One
     device on one node starts nothing (``device`` is then resolved by the caller).
+    A process started here dies with this one (:func:`co2sam.lifetime.tie_to_launcher`).
+    say: prints a line; with several nodes, what the first process of each node waits for.
     """
     if devices < 1 or num_nodes < 1:
         raise ValueError(f"--devices and --num-nodes must be >= 1, got {devices}, {num_nodes}")
@@ -102,6 +118,11 @@ def launch_processes(devices: int = 1, num_nodes: int = 1, *, device: str = "aut
         return Processes(device=torch.device("cpu"))
     from lightning.fabric import Fabric
 
+    launcher = os.environ.pop(LAUNCHER_ENV, None)
+    if launcher is not None and launcher == str(os.getppid()):
+        from co2sam.lifetime import tie_to_launcher
+
+        tie_to_launcher(int(launcher))
     fabric = Fabric(
         accelerator=accelerator_of(device),
         devices=devices,
@@ -109,5 +130,30 @@ def launch_processes(devices: int = 1, num_nodes: int = 1, *, device: str = "aut
         strategy="ddp",
         precision="32-true",
     )
-    fabric.launch()
+    if num_nodes > 1 and say is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        say(waiting_line(fabric, devices, num_nodes))
+    os.environ[LAUNCHER_ENV] = str(os.getpid())  # inherited by the processes Fabric starts
+    try:
+        fabric.launch()
+    finally:
+        os.environ.pop(LAUNCHER_ENV, None)
     return from_fabric(fabric)
+
+
+def waiting_line(fabric: Any, devices: int, num_nodes: int) -> str:
+    """What the first process of a node says before it waits for the other nodes."""
+    environment = getattr(fabric.strategy, "cluster_environment", None)
+    node = environment.node_rank() if environment is not None else 0
+    address = f"{environment.main_address}:{environment.main_port}" if environment else "?"
+    line = (
+        f"node {node} of {num_nodes} (NODE_RANK={node}): waiting for all "
+        f"{devices * num_nodes} processes ({devices} per node) at {address}"
+    )
+    if not ({"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ)) and "SLURM_JOB_ID" not in os.environ:
+        line += (
+            "; MASTER_ADDR and MASTER_PORT are not both set: set them (the first node's "
+            "address and a free port) and NODE_RANK on every node, and run the same command"
+        )
+    else:
+        line += "; start the same command on every node (NODE_RANK 0.." + f"{num_nodes - 1})"
+    return line

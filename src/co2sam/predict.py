@@ -10,9 +10,9 @@ file of boxes per image, or from a co2sam box cache; a trained segmenter
 keyed by file name or stem; ``class`` is a class name or index (1..C); ``score``
 defaults to 1. Coordinates are XYXY pixels of the original image.
 
-Outputs are named by the image's stem (``dog.jpg`` -> ``labels/dog.png``); images that
-share a stem in one run (``a.jpg`` and ``a.png``) keep their whole file name
-(``labels/a.jpg.png``, ``labels/a.png.png``), so no output replaces another.
+Outputs are named by the image's whole file name (``dog.jpg`` -> ``labels/dog.jpg.png``):
+``a.jpg`` and ``a.png`` in one folder get their own outputs, and an image's output names
+never depend on what else is in the folder (a file added later cannot rename them).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class ImageResult:
     details_json: Path
     areas: dict[str, dict[str, float]]
     name: str = ""
-    """The name its outputs take (stem, or file name when stems clash)."""
+    """The name its outputs take (the image's file name)."""
 
 
 def list_images(path: str | Path) -> list[Path]:
@@ -74,14 +74,15 @@ def list_images(path: str | Path) -> list[Path]:
 
 
 def output_names(image_paths: Sequence[Path]) -> dict[Path, str]:
-    """The name each image's outputs take: its stem, or its file name when stems clash."""
-    stems: dict[str, int] = {}
-    for path in image_paths:
-        stems[path.stem] = stems.get(path.stem, 0) + 1
-    names = {path: path.stem if stems[path.stem] == 1 else path.name for path in image_paths}
-    if len(set(names.values())) != len(names):
-        clash = sorted(name for name in names.values() if list(names.values()).count(name) > 1)
-        raise ValueError(f"two images would write the same outputs ({clash[0]}); rename one")
+    """The name each image's outputs take: its file name (``dog.jpg``), so that the
+    name of one image never depends on the others. Two paths with one file name (from
+    two folders) are refused."""
+    names = {path: path.name for path in image_paths}
+    seen: dict[str, Path] = {}
+    for path, name in names.items():
+        if name in seen:
+            raise ValueError(f"{seen[name]} and {path} would write the same outputs; rename one")
+        seen[name] = path
     return names
 
 
@@ -159,8 +160,8 @@ def predict_images(
     predictor: a :class:`co2sam.inference.base.Predictor`, e.g. ``SamPredictor`` with a
         box source keyed by output name (``Sample.id``), or ``SegmenterPredictor``.
     allowed_classes: label-guided mode with these classes (1..C) for every image.
-    names: output name per path (default :func:`output_names` of ``image_paths``): the
-        stem unless stems clash; it is the ``id`` of the sample the predictor sees.
+    names: output name per path (default :func:`output_names` of ``image_paths``: the
+        file name); it is the ``id`` of the sample the predictor sees.
     on_unreadable: called with (path, reason) for an image that cannot be read; it is
         skipped and the others are segmented (default: a warning line on stderr).
     on_result: called after each image's files are written.
@@ -190,7 +191,7 @@ def predict_images(
         for image_path in image_paths:
             bar.advance(task)
             try:
-                image = read_image(image_path)
+                image = read_image(image_path, fix="replace the file, or remove it")
             except DatasetError as error:
                 on_unreadable(image_path, str(error))
                 continue

@@ -12,6 +12,7 @@ from co2sam.commands.guards import (
     NumNodesOption,
     SkipBadOption,
     checked_dataset,
+    ctrl_c_resumable,
     launch,
     output_errors,
 )
@@ -70,12 +71,17 @@ def boxes(
     if processes.distributed:
         cfg.prompts.device = str(processes.device)
     path = out or default_cache_path(cfg, split)
-    with output_errors(path.parent):
+    with output_errors(path.parent), ctrl_c_resumable("boxes"):
         try:
             origin = "oracle" if oracle else prompter_spec(cfg.prompts.detector).name
             dataset = build_dataset(cfg.data, split, check_masks=not cfg.data.preflight)
             skipped = path.with_name(f"{path.stem}.skipped.txt")
-            dataset = checked_dataset(cfg, dataset, skipped=skipped, processes=processes)
+            if processes.is_main and skipped.is_file():
+                forget_skipped(path, skipped)
+            # oracle boxes are made from the masks; a detector reads the images alone
+            dataset = checked_dataset(
+                cfg, dataset, skipped=skipped, processes=processes, masks=oracle
+            )
             build_box_cache(
                 cfg,
                 split,
@@ -155,3 +161,16 @@ def import_boxes(
         f"{len(dataset.ids)} images into {path} ({summary.skipped_images} detections of other "
         f"images skipped, {summary.below_threshold} below the score threshold)"
     )
+
+
+def forget_skipped(cache: Path, skipped: Path) -> None:
+    """Start the cache's list of skipped images afresh, so that it describes this run
+    (an image fixed since is not listed again), unless another ``boxes`` holds the cache
+    (this one is refused in a moment, and the list is that one's)."""
+    from co2sam.prompts.cache import BoxCacheBusyError, cache_lock
+
+    try:
+        with cache_lock(cache):
+            skipped.unlink(missing_ok=True)
+    except BoxCacheBusyError:
+        pass

@@ -23,6 +23,9 @@ def check_data(
 ) -> None:
     """Check images, masks and labels; exit 1 when there are errors or warnings.
 
+    Default splits: every split list of the dataset (a custom folder: all its labelled
+    images, then each <split>.txt, whose names must be in the labels file).
+
     Errors: missing/unreadable images or masks, mask values outside the classes, image/mask
     size mismatch. Warnings: empty label sets. Converted (information only): grayscale,
     RGBA, CMYK, 16-bit images and EXIF rotation, which the loaders convert to RGB.
@@ -35,18 +38,32 @@ def check_data(
 
     out = Console(width=None if Console().is_terminal else 200)
     problems: list[Problem] = []
+    checked: set[str] = set()  # a folder's lists share images: each is read once
     try:
         splits = split or available_splits(dataset, data_root)
         if not splits:
             fail(f"no split found under {data_root}")
         counts = {}
         for name in splits:
-            loaded = open_for_check(dataset, data_root, name)
+            try:
+                loaded = open_for_check(dataset, data_root, name)
+            except DatasetError as error:
+                if dataset != "folder" or name == "all":
+                    raise
+                problems.append(Problem("error", name, f"{name}.txt", "bad split list", str(error)))
+                continue
             counts[name] = len(loaded) if limit is None else min(limit, len(loaded))
+            indices = None  # the whole split (and a folder's labels file, once)
+            if checked:
+                indices = [i for i in range(counts[name]) if loaded.ids[i] not in checked]
             with progress_bar(console=out, transient=True) as bar:
-                job = bar.add_task(f"checking {name}", total=counts[name])
+                job = bar.add_task(
+                    f"checking {name}", total=counts[name] if indices is None else len(indices)
+                )
                 advance = partial(bar.advance, job)
-                problems += scan_dataset(loaded, limit=limit, on_item=advance)
+                problems += scan_dataset(loaded, limit=limit, indices=indices, on_item=advance)
+            if dataset == "folder":
+                checked.update(loaded.ids[: counts[name]])
     except DatasetError as error:
         fail(str(error))
         return

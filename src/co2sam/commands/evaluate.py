@@ -16,7 +16,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    SkipBadOption,
+    ctrl_c_resumable,
+    output_errors,
+)
 
 
 def evaluate(
@@ -142,6 +148,7 @@ def run_evaluation(
         default_out_dir,
         fingerprint,
         identity_of,
+        processes_record,
         segment_split,
         split_results,
         start_split_run,
@@ -153,7 +160,9 @@ def run_evaluation(
 
     split = cfg.eval.split
     modes = modes_of(cfg.eval.mode)
-    out_dir = Path(cfg.eval.out_dir or default_out_dir("eval", cfg, split, segmenter=segmenter))
+    out_dir = Path(
+        cfg.eval.out_dir or default_out_dir("eval", cfg, split, sam=sam, segmenter=segmenter)
+    )
     identity = identity_of("evaluate", cfg, split, sam, boxes)
     if segmenter is not None:
         identity = {
@@ -172,7 +181,7 @@ def run_evaluation(
         overlays=cfg.eval.overlays,
         voc_test_format=voc_test_format,
     )
-    with output_errors(out_dir):
+    with output_errors(out_dir), ctrl_c_resumable("evaluate"):
         run = start_split_run(
             cfg,
             identity=identity,
@@ -251,6 +260,7 @@ def run_evaluation(
             "class_names": list(dataset.class_names),
             "results": results,
             "skipped": skipped,
+            "processes": processes_record(run.processes),
             "config": cfg.to_dict(),
         }
         write_report(out_dir / "report.json", report)

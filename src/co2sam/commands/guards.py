@@ -46,22 +46,32 @@ def launch(devices: int | None, num_nodes: int | None, device: str) -> Any:
     from co2sam.parallel import launch_processes
 
     try:
-        return launch_processes(devices or 1, num_nodes or 1, device=device)
+        return launch_processes(
+            1 if devices is None else devices,
+            1 if num_nodes is None else num_nodes,
+            device=device,
+            say=lambda line: console.print(line, markup=False, highlight=False),
+        )
     except ValueError as error:
         fail(str(error))
         raise
 
 
-def checked_dataset(cfg: Any, dataset: Any, *, skipped: Path | None, processes: Any) -> Any:
+def checked_dataset(
+    cfg: Any, dataset: Any, *, skipped: Path | None, processes: Any, masks: bool = True
+) -> Any:
     """``dataset`` after the pre-flight (see co2sam.data.preflight), ready to run on.
 
+    masks: whether the command needs the ground-truth masks (else they are not checked).
     On bad files without ``--skip-bad``: the main process prints check-data's table and
     every process exits with status 1 before any work.
     """
     from co2sam.data.preflight import PreflightError, SkipLog, checked_split
 
     try:
-        return checked_split(dataset, cfg.data, log=SkipLog(skipped), processes=processes)
+        return checked_split(
+            dataset, cfg.data, log=SkipLog(skipped), processes=processes, masks=masks
+        )
     except PreflightError as error:
         print_preflight_problems(error)
         fail(str(error), code=1)
@@ -79,6 +89,23 @@ def print_preflight_problems(error: Any) -> None:
 
     wide = Console(stderr=True, width=None if console.is_terminal else 200)
     wide.print(problems_table(error.problems, f"pre-flight of split {error.split}"))
+
+
+@contextlib.contextmanager
+def ctrl_c_resumable(command: str) -> Iterator[None]:
+    """Ctrl-C ends the block with one line saying how to continue, and exit status 130.
+
+    For the resumable per-image commands: what was finished is kept. The other processes
+    of a sharded run ignore Ctrl-C and die with this one (co2sam.lifetime).
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/] (Ctrl-C): the finished images are kept; run the same "
+            f"`co2sam {command}` command again to continue"
+        )
+        raise typer.Exit(130) from None
 
 
 @contextlib.contextmanager

@@ -151,6 +151,14 @@ def checkpoint_record(adapter: str | None, split: str) -> dict[str, Any] | None:
     return record
 
 
+def processes_record(processes: Any) -> dict[str, Any]:
+    """How many processes segmented the split, and the CPU threads each one used (on CPU,
+    a different thread count can change mask logits in the last bit: README, Long runs)."""
+    import torch
+
+    return {"count": processes.world_size, "cpu_threads_per_process": torch.get_num_threads()}
+
+
 def box_source_record(source: Any) -> dict[str, Any]:
     """What a report says about where its boxes came from."""
     return {
@@ -180,12 +188,15 @@ class SplitRun:
     skipped_file: Path
 
 
-def default_out_dir(kind: str, cfg: Any, split: str, *, segmenter: Path | None = None) -> Path:
+def default_out_dir(
+    kind: str, cfg: Any, split: str, *, sam: str | None = None, segmenter: Path | None = None
+) -> Path:
     """``runs/<kind>/<dataset>-<split>/<model>``: one folder per data, split and model.
 
     ``<model>`` is the adapter folder's last two parts (``voc-best``), ``plain-<SAM
-    name>``, or ``segmenter-`` and a segmenter folder's last two parts; ``<dataset>`` the
-    dataset kind (voc, coco) or, for folder and generated data, the root folder's name.
+    name>`` (``sam``, the ``--sam`` given, else ``model.sam``), or ``segmenter-`` and a
+    segmenter folder's last two parts; ``<dataset>`` the dataset kind (voc, coco) or, for
+    folder and generated data, the root folder's name.
     """
     data = cfg.data.dataset
     if data in ("folder", "synthetic"):
@@ -197,7 +208,7 @@ def default_out_dir(kind: str, cfg: Any, split: str, *, segmenter: Path | None =
         adapter = Path(cfg.model.adapter).resolve()
         model = "-".join(part for part in (adapter.parent.name, adapter.name) if part)
     else:
-        model = "plain-" + Path(str(cfg.model.sam)).name
+        model = "plain-" + Path(str(sam or cfg.model.sam)).name
     return Path("runs") / kind / _safe(f"{data}-{split}") / _safe(model)
 
 
@@ -209,7 +220,8 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
     """What makes two runs of ``command`` the same (their outputs may share a folder).
 
     Files are named and fingerprinted: an adapter folder retrained in place (``best/``)
-    or a box cache made again is another run, not one to resume.
+    or a box cache made again is another run, not one to resume. ``--limit`` is part of
+    it: a report covers the images its folder holds, never the first N of them.
     """
     from co2sam.models.adapter_io import WEIGHTS_FILE
     from co2sam.prompts.source import default_cache_path
@@ -234,6 +246,7 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
         "box_cache_sha256": fingerprint(cache) if cache else None,
         "detector": cfg.prompts.detector,
         "max_boxes": cfg.prompts.max_boxes,
+        "limit": cfg.eval.limit,
     }
 
 
@@ -264,10 +277,13 @@ def start_split_run(
     num_nodes: int | None,
     segmenter: Path | None = None,
     tta: bool | None = None,
+    masks: bool = True,
 ) -> SplitRun:
     """Steps 1-3 of the module docstring, then the box source and the model.
 
     segmenter: a ``co2sam distill`` segmenter folder to run instead of SAM + boxes.
+    masks: whether the command needs the ground-truth masks (``evaluate``: yes;
+        ``pseudo-labels``: only for oracle boxes): the pre-flight checks only what is read.
     """
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
     from co2sam.output_folder import OutputFolder, OutputFolderError
@@ -278,7 +294,12 @@ def start_split_run(
     if cfg.eval.limit is not None:
         dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
     folder = OutputFolder(
-        out_dir, identity, outputs=outputs, overwrite=overwrite, processes=processes
+        out_dir,
+        identity,
+        outputs=outputs,
+        per_run=(SKIPPED_FILE,),
+        overwrite=overwrite,
+        processes=processes,
     )
     try:
         folder.open()
@@ -286,7 +307,9 @@ def start_split_run(
         fail(str(error))
     skipped_file = out_dir / SKIPPED_FILE
     try:
-        dataset = checked_dataset(cfg, dataset, skipped=skipped_file, processes=processes)
+        dataset = checked_dataset(
+            cfg, dataset, skipped=skipped_file, processes=processes, masks=masks
+        )
         if segmenter is not None:
             predictor, metadata = load_segmenter_folder(segmenter, device, tta=tta)
             if list(metadata["class_names"]) != list(dataset.class_names):

@@ -16,7 +16,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, launch, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    ctrl_c_resumable,
+    launch,
+    output_errors,
+)
 
 PREDICT_OUTPUTS = ("labels", "overlays", "details", "skipped.txt")
 """What ``predict`` writes in its folder (``--overwrite`` clears these)."""
@@ -111,6 +117,7 @@ def predict(
         "boxes": str(boxes.resolve()) if boxes else None,
         "boxes_sha256": fingerprint(boxes) if boxes else None,
         "max_boxes": cfg.prompts.max_boxes,
+        "output_names": "file name",  # labels/<image file name>.png (folders of 0.x: stems)
     }
     if segmenter is not None:
         identity.update(
@@ -118,9 +125,14 @@ def predict(
             segmenter_sha256=fingerprint(segmenter / "model.safetensors"),
             tta=tta,
         )
-    with output_errors(out):
+    with output_errors(out), ctrl_c_resumable("predict"):
         folder = OutputFolder(
-            out, identity, outputs=PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
+            out,
+            identity,
+            outputs=PREDICT_OUTPUTS,
+            per_run=(SKIPPED_FILE,),
+            overwrite=overwrite,
+            processes=processes,
         )
         try:
             folder.open()
@@ -174,7 +186,8 @@ def predict(
     if not processes.is_main:
         return
     finished = folder.records()
-    segmented = sum(names[path] in finished for path in image_paths)
+    segmented = [path for path in image_paths if names[path] in finished]
+    earlier = sum(names[path] in folder.done for path in segmented)
     listed = skipped.listed()
     unreadable = [p for p in image_paths if names[p] in listed and names[p] not in finished]
     if unreadable:
@@ -183,7 +196,10 @@ def predict(
             console.print(f"  {path}: {listed[names[path]]}")
     if not segmented:
         fail(f"no image of {images} could be read (see {out / SKIPPED_FILE})")
-    console.print(f"{segmented} image(s) segmented with {base}; outputs in {out}")
+    now = f"{len(segmented) - earlier} image(s) segmented with {base}"
+    if earlier:
+        now += f" ({earlier} more done by an earlier run)"
+    console.print(f"{now}; outputs of {len(segmented)} in {out}")
 
 
 def _segmenter_classes(folder: Path) -> tuple[str, ...]:

@@ -15,7 +15,13 @@ from co2sam.commands.common import (
     fail,
     resolve_config,
 )
-from co2sam.commands.guards import DevicesOption, NumNodesOption, SkipBadOption, output_errors
+from co2sam.commands.guards import (
+    DevicesOption,
+    NumNodesOption,
+    SkipBadOption,
+    ctrl_c_resumable,
+    output_errors,
+)
 
 PSEUDO_LABEL_OUTPUTS = (
     "SegmentationClass",
@@ -120,11 +126,13 @@ def run_pseudo_labels(
         box_source_record,
         default_out_dir,
         identity_of,
+        processes_record,
         segment_split,
         split_results,
         start_split_run,
     )
     from co2sam.metrics import metrics_table, write_report
+    from co2sam.prompts.source import reads_masks
     from co2sam.pseudo_labels import (
         PredictionWriter,
         confidence_quality_of_folder,
@@ -132,11 +140,11 @@ def run_pseudo_labels(
     )
 
     split = split or cfg.data.train_split
-    out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split))
+    out_dir = Path(out or default_out_dir("pseudo_labels", cfg, split, sam=sam))
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
     confidence = confidence and cfg.eval.compat == "paper"  # reference maps carry none
     identity.update(mode=mode, eval_compat=cfg.eval.compat, confidence=confidence)
-    with output_errors(out_dir):
+    with output_errors(out_dir), ctrl_c_resumable("pseudo-labels"):
         run = start_split_run(
             cfg,
             identity=identity,
@@ -148,6 +156,8 @@ def run_pseudo_labels(
             overwrite=overwrite,
             devices=devices,
             num_nodes=num_nodes,
+            # masks only give the quality numbers, unless the boxes are made from them
+            masks=reads_masks(boxes or cfg.prompts.source),
         )
         dataset, source = run.dataset, run.source
         label_folder = out_dir / "SegmentationClass"
@@ -165,9 +175,15 @@ def run_pseudo_labels(
         write_split_list(out_dir, split, written)
         metrics = {**results[mode], "label_folder": str(label_folder), "num_written": len(written)}
         metrics["compat"] = cfg.eval.compat
+        records = run.folder.records()
+        scored = [image_id for image_id in written if records[image_id]["scored"]]
         metrics["confidence_quality"] = (
-            confidence_quality_of_folder(dataset, out_dir, written) if confidence else []
+            confidence_quality_of_folder(dataset, out_dir, scored) if confidence else []
         )
+        # written, but their ground-truth mask could not be used (warned about mid-run)
+        unscored = [
+            image_id for image_id in written if dataset.has_masks and image_id not in scored
+        ]
         report = {
             "split": split,
             "mode": mode,
@@ -179,6 +195,8 @@ def run_pseudo_labels(
             "metrics": metrics,
             "quality": _quality_summary(metrics),
             "skipped": skipped,
+            "processes": processes_record(run.processes),
+            "masks_not_used": unscored,
             "config": cfg.to_dict(),
         }
         write_report(out_dir / "report.json", report)
@@ -198,6 +216,11 @@ def run_pseudo_labels(
         console.print(
             f"[yellow]{len(skipped)} image(s) skipped (unreadable files): "
             f"{out_dir / 'skipped.txt'}[/]"
+        )
+    if unscored:
+        console.print(
+            f"[yellow]{len(unscored)} pseudo-label(s) without a quality number (their "
+            "ground-truth mask could not be used): report.json, masks_not_used[/]"
         )
     console.print(f"{metrics['num_written']} pseudo-labels in {metrics['label_folder']}")
     return report

@@ -122,9 +122,13 @@ def train(
                 f"or one of {', '.join(BOX_SOURCES)}"
             )
     cfg = resolve_config(config, overrides, **flags)
+    if not progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bars too
 
     from co2sam.data import DatasetError
-    from co2sam.data.preflight import PreflightError
+    from co2sam.data.preflight import SKIPPED_FILE, PreflightError, SkipLog
     from co2sam.prompts import BoxCacheError
     from co2sam.train.checkpoint import CheckpointError
     from co2sam.train.loop import NonFiniteLossError, RunDirError, TrainingInterrupted, fit
@@ -156,6 +160,9 @@ def train(
     summary = f"step {result.step}, epoch {result.epoch}; run folder {result.run_dir}"
     if result.skipped_images:
         summary += f"; {result.skipped_images} image(s) without boxes skipped"
+    bad_files = len(SkipLog(Path(result.run_dir) / SKIPPED_FILE).listed())
+    if bad_files:
+        summary += f"; {bad_files} image(s) with bad files left out ({SKIPPED_FILE})"
     console.print(f"[green]trained[/] {summary}")
     for line in checkpoint_lines(result, cfg.data.val_split):
         console.print(line)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from co2sam.data.image_io import DatasetError, read_image, read_label_png
+from co2sam.data.image_io import DatasetError, MaskError, read_image, read_label_png
 from co2sam.records import Sample
 
 
@@ -58,16 +58,24 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> Sample:
+        return self.sample(index)
+
+    def sample(self, index: int, *, mask: bool = True) -> Sample:
+        """Item ``index``; ``mask`` False leaves the mask unread (``Sample.mask`` None).
+
+        Raises :class:`DatasetError` naming the file (:class:`MaskError` for the mask).
+        """
         image_id = self.ids[index]
         image = read_image(self.image_path(image_id))
-        mask = self.read_mask(image_id)
-        if mask is not None and mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"mask {self.mask_path(image_id)} is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} (W x H); "
-                "re-create the mask at the image size (run `co2sam check-data`)"
+        values = self.read_mask(image_id) if mask else None
+        if values is not None and values.shape != image.shape[:2]:
+            raise MaskError(
+                f"mask {self.mask_path(image_id)} is {values.shape[1]}x{values.shape[0]} but "
+                f"image {self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} "
+                "(W x H); re-create the mask at the image size (run `co2sam check-data`)",
+                self.mask_path(image_id),
             )
-        return Sample(image=image, mask=mask, labels=self._labels_of(index, mask), id=image_id)
+        return Sample(image=image, mask=values, labels=self._labels_of(index, values), id=image_id)
 
     def _labels_of(self, index: int, mask: np.ndarray | None) -> list[int]:
         """Labels of item ``index`` given its already-read mask (loaders may reuse it)."""

@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from co2sam.classes import IGNORE_INDEX
@@ -78,7 +79,9 @@ def available_splits(kind: str, root: str | Path) -> list[str]:
         if not meta.is_file():
             raise DatasetError(f"{meta} not found: run `co2sam prepare coco` first")
         return list(json.loads(meta.read_text()).get("splits", {}))
-    return ["all"]
+    # a custom folder: every labelled image, then each split list (<split>.txt)
+    lists = sorted(p.stem for p in Path(root).expanduser().glob("*.txt") if p.stem != "classes")
+    return ["all", *lists]
 
 
 def _relative(path: Path | None, root: Path) -> str:
@@ -90,19 +93,26 @@ def _relative(path: Path | None, root: Path) -> str:
         return str(path)
 
 
-def scan_item(dataset: SegmentationDataset, index: int, *, fast: bool = False) -> list[Problem]:
+def scan_item(
+    dataset: SegmentationDataset, index: int, *, fast: bool = False, masks: bool = True
+) -> list[Problem]:
     """Problems of one item of ``dataset``.
 
     fast: check images with :func:`co2sam.data.image_io.probe_image` (the pre-flight of
         long commands): the same errors, without the ``converted`` notes.
+    masks: False leaves the ground-truth masks unchecked (a command that does not read
+        them), unless the image-level labels are read off them (VOC).
     """
-    problems = list(_scan_item(dataset, index, fast))
+    masks = masks or dataset.labels_from_masks
+    problems = list(_scan_item(dataset, index, fast, masks))
     for problem in problems:
         problem.image_id = dataset.ids[index]
     return problems
 
 
-def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator[Problem]:
+def _scan_item(
+    dataset: SegmentationDataset, index: int, fast: bool, masks: bool
+) -> Iterator[Problem]:
     image_id = dataset.ids[index]
     split, root = dataset.split, dataset.root
     image_path = dataset.image_path(image_id)
@@ -120,7 +130,7 @@ def _scan_item(dataset: SegmentationDataset, index: int, fast: bool) -> Iterator
         kind = "missing image" if not image_path.is_file() else "unreadable image"
         yield Problem("error", split, image_name, kind, str(error))
     mask = None
-    if dataset.has_masks:
+    if dataset.has_masks and masks:
         mask_path = dataset.mask_path(image_id)
         mask_name = _relative(mask_path, root)
         try:
@@ -188,6 +198,7 @@ def scan_dataset(
     limit: int | None = None,
     indices: Sequence[int] | None = None,
     fast: bool = False,
+    masks: bool = True,
     workers: int = 1,
     on_item: Callable[[], None] | None = None,
 ) -> list[Problem]:
@@ -195,6 +206,7 @@ def scan_dataset(
 
     indices: scan these items instead (in this order). workers: threads reading files
     (image decoding releases the GIL); problems come back in item order either way.
+    fast, masks: as in :func:`scan_item`.
     A whole scan (no ``indices``, as ``check-data`` runs it) also checks a custom
     folder's labels file (:func:`scan_labels_file`).
     """
@@ -204,12 +216,13 @@ def scan_dataset(
         indices = range(len(dataset) if limit is None else min(limit, len(dataset)))
     if workers <= 1:
         for index in indices:
-            problems.extend(scan_item(dataset, index, fast=fast))
+            problems.extend(scan_item(dataset, index, fast=fast, masks=masks))
             if on_item is not None:
                 on_item()
         return problems
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for found in pool.map(lambda index: scan_item(dataset, index, fast=fast), indices):
+        scan = partial(scan_item, dataset, fast=fast, masks=masks)
+        for found in pool.map(scan, indices):
             problems.extend(found)
             if on_item is not None:
                 on_item()

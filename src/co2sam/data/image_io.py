@@ -28,6 +28,15 @@ class DatasetError(ValueError):
     """A dataset file or layout a user can fix (the message names the file and the fix)."""
 
 
+class MaskError(DatasetError):
+    """A ground-truth mask cannot be used (missing, unreadable, colour, wrong size); the
+    image itself may be fine. ``path``: the mask file."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
 @dataclass
 class ImageReport:
     """What reading one image found: the PIL mode, size and the conversions applied."""
@@ -42,7 +51,11 @@ class ImageReport:
 _EXIF_ORIENTATION = 0x0112
 
 
-def _open(path: Path) -> Image.Image:
+DATASET_FIX = "re-download it or remove it from the split list"
+"""How to fix an unreadable image of a dataset split (the default of :func:`read_image`)."""
+
+
+def _open(path: Path, fix: str = DATASET_FIX) -> Image.Image:
     if not path.is_file():
         raise DatasetError(f"image not found: {path} (check data.root and the split list)")
     image = None
@@ -53,8 +66,7 @@ def _open(path: Path) -> Image.Image:
         if image is not None:
             image.close()  # a failed load() leaves the file open
         raise DatasetError(
-            f"cannot read {path}: {error} (the file is truncated or not an image; "
-            "re-download or remove it from the split list)"
+            f"cannot read {path}: {error} (the file is truncated or not an image; {fix})"
         ) from error
     return image
 
@@ -94,17 +106,20 @@ def _to_rgb(image: Image.Image, conversions: list[tuple[str, str]]) -> Image.Ima
     return image.convert("RGB")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, *, fix: str = DATASET_FIX) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
 
-    Raises :class:`DatasetError` naming the file when it is missing or unreadable.
+    Raises :class:`DatasetError` naming the file when it is missing or unreadable; its
+    message ends with ``fix`` (what the user should do: a dataset's file by default).
     """
-    return read_image_with_report(path)[0]
+    return read_image_with_report(path, fix=fix)[0]
 
 
-def read_image_with_report(path: str | Path) -> tuple[np.ndarray, ImageReport]:
+def read_image_with_report(
+    path: str | Path, *, fix: str = DATASET_FIX
+) -> tuple[np.ndarray, ImageReport]:
     """:func:`read_image` plus what was converted on the way (for ``check-data``)."""
-    image = _open(Path(path))
+    image = _open(Path(path), fix)
     conversions: list[tuple[str, str]] = []
     mode = image.mode
     rgb = _to_rgb(image, conversions)
@@ -162,11 +177,11 @@ def _open_header(path: Path) -> Image.Image:
 def read_label_png(path: str | Path) -> np.ndarray:
     """Read a label PNG as (H, W) uint8 class indices (palette indices, not colours).
 
-    Raises :class:`DatasetError` for a missing/unreadable file or an RGB colour mask.
+    Raises :class:`MaskError` for a missing/unreadable file or an RGB colour mask.
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"mask not found: {path}")
+        raise MaskError(f"mask not found: {path}", path)
     image = None
     try:
         image = Image.open(path)
@@ -174,20 +189,22 @@ def read_label_png(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         if image is not None:
             image.close()  # a failed load() leaves the file open
-        raise DatasetError(f"cannot read mask {path}: {error} (re-create the file)") from error
+        raise MaskError(f"cannot read mask {path}: {error} (re-create the file)", path) from error
     if image.mode in ("P", "L"):
         return np.array(image, dtype=np.uint8)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         values = np.asarray(image)
         if values.max(initial=0) > 255:
-            raise DatasetError(
+            raise MaskError(
                 f"mask {path} holds values above 255 ({int(values.max())}); "
-                "write class indices 0..C and 255 (ignore) as an 8-bit PNG"
+                "write class indices 0..C and 255 (ignore) as an 8-bit PNG",
+                path,
             )
         return values.astype(np.uint8)
-    raise DatasetError(
+    raise MaskError(
         f"mask {path} is a {image.mode} colour image; masks must hold class indices "
-        "(a palette 'P' or grayscale 'L' PNG), e.g. VOC's SegmentationClass PNGs"
+        "(a palette 'P' or grayscale 'L' PNG), e.g. VOC's SegmentationClass PNGs",
+        path,
     )
 
 

@@ -2,22 +2,32 @@
 
 Two guards, used by ``train``, ``evaluate``, ``pseudo-labels`` and ``boxes``:
 
-- :func:`preflight` checks every file of the split with ``check-data``'s rules
-  (:func:`co2sam.data.check.scan_item`: images decode, masks exist and hold class
-  indices of the right size, labels read) before the first image is processed, at a
-  fraction of a full read (JPEGs at 1/8 scale, PNG checksums; threads, and each
-  process of a sharded run checks its share). Errors stop the run with the list
-  (:class:`PreflightError`), or with ``skip_bad`` leave those images out.
+- :func:`preflight` checks every file of the split that the command reads with
+  ``check-data``'s rules (:func:`co2sam.data.check.scan_item`: images decode, masks
+  exist and hold class indices of the right size, labels read) before the first image
+  is processed, at a fraction of a full read (JPEGs at 1/8 scale, PNG checksums;
+  threads, and each process of a sharded run checks its share). Errors stop the run
+  with the list (:class:`PreflightError`), or with ``skip_bad`` leave those images out.
 - :class:`SkipUnreadable` wraps the dataset for the run itself: an image that still
   fails when it is read (changed on disk, or the pre-flight was turned off) becomes a
   placeholder :class:`co2sam.records.Sample` with ``problem`` set, which every stage
   skips, after one warning line naming the file and the reason.
 
 Both record what they left out in the run folder's ``skipped.txt`` (:class:`SkipLog`).
+
+Which files a command reads (``masks``): images always; ground-truth masks only where
+they are needed. ``evaluate`` scores against them, training's validation split too,
+and oracle (or simulated) boxes are made from them, so there a bad mask leaves its
+image out. Elsewhere (``pseudo-labels``, ``boxes`` and the training split with cached or
+detector boxes) the masks are not checked before the run, and a bad one found while
+reading is set aside with a warning line: the image is used without it (pseudo-labels
+then has no quality number for it). VOC reads image-level labels off the masks, so its
+masks are always needed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,7 +40,7 @@ from torch.utils.data import Dataset, Subset
 
 from co2sam.classes import IGNORE_INDEX
 from co2sam.data.check import Problem, scan_dataset
-from co2sam.data.image_io import DatasetError
+from co2sam.data.image_io import DatasetError, MaskError
 from co2sam.progress import progress_bar
 from co2sam.records import Boxes, Sample
 
@@ -137,9 +147,12 @@ def preflight(
     processes: Any = None,
     workers: int | None = None,
     on_item: Callable[[], None] | None = None,
+    masks: bool = True,
 ) -> tuple[Dataset, list[Problem]]:
     """Check every file of ``dataset`` (a split, or a Subset of one) before a run.
 
+    masks: whether the command reads the ground-truth masks (module docstring); False
+        leaves them unchecked.
     processes: a :class:`co2sam.parallel.Processes`; each process checks its shard and
         all of them get every problem, so they agree on what is left out.
     workers: threads per process (default: the CPUs, at most 8).
@@ -161,7 +174,9 @@ def preflight(
         if show:
             task = bar.add_task(f"pre-flight {getattr(split, 'split', '')}", total=len(mine))
             on_item = partial(bar.advance, task)
-        found = scan_dataset(split, indices=mine, fast=True, workers=workers, on_item=on_item)
+        found = scan_dataset(
+            split, indices=mine, fast=True, masks=masks, workers=workers, on_item=on_item
+        )
     problems = found if processes is None else [p for part in processes.gather(found) for p in part]
     order = {image_id: position for position, image_id in enumerate(split.ids)}
     problems.sort(key=lambda problem: order.get(problem.image_id, -1))
@@ -175,9 +190,16 @@ def preflight(
         bad.setdefault(problem.image_id, problem)
     if log is not None and (processes is None or processes.is_main):
         for image_id, problem in bad.items():
-            log.add(image_id, problem.file, f"{problem.problem}: {problem.handling}")
+            log.add(image_id, problem.file, skip_reason(problem))
     keep = [index for index in indices if split.ids[index] not in bad]
     return SplitSubset(split, keep), problems
+
+
+def skip_reason(problem: Problem) -> str:
+    """What ``skipped.txt`` says of an image left out by the pre-flight: the problem,
+    that it was skipped, and the fix."""
+    fix = problem.handling.removeprefix("not handled: ")
+    return f"{problem.problem}; skipped (--skip-bad): {fix}"
 
 
 class SkipUnreadable(Dataset):
@@ -186,37 +208,77 @@ class SkipUnreadable(Dataset):
     A :class:`DatasetError` while reading item ``i`` (missing or truncated image, bad
     mask), or mask values outside ``0..C-1`` and 255, gives
     ``Sample(problem=reason)`` with a black placeholder image; the reason is logged once
-    per process. Other attributes are the wrapped dataset's.
+    per process, naming the file at fault (the image or its mask). Other attributes are
+    the wrapped dataset's.
+
+    masks: False for a command that does not need the masks (module docstring): a bad
+        mask is then set aside (``Sample.mask`` None, one warning line) and the image kept.
     """
 
-    def __init__(self, dataset: Dataset, log: SkipLog | None = None) -> None:
+    def __init__(self, dataset: Dataset, log: SkipLog | None = None, *, masks: bool = True):
         self.dataset = dataset
         self.log = log or SkipLog(None)
+        split, _ = split_items(dataset)
+        self.masks = masks or getattr(split, "labels_from_masks", False)
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "log", "_reported"):
+        if name in ("dataset", "log", "masks", "_reported"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> Sample:
-        try:
-            sample = self.dataset[index]
-            reason = _mask_problem(sample, getattr(self.dataset, "class_names", None))
-        except DatasetError as error:
-            reason = str(error)
-        if reason is None:
-            return sample
         ids = getattr(self.dataset, "ids", None)
         image_id = str(ids[index]) if ids is not None else str(index)
+        try:
+            sample = self.dataset[index]
+        except MaskError as error:
+            file = str(error.path or _mask_file(self.dataset, image_id))
+            if self.masks:
+                return self._placeholder(image_id, file, str(error))
+            self._set_aside(image_id, file, str(error))
+            return self._without_mask(index, image_id)
+        except DatasetError as error:
+            return self._placeholder(image_id, _file_of(self.dataset, image_id), str(error))
+        reason = _mask_problem(sample, getattr(self.dataset, "class_names", None))
+        if reason is None:
+            return sample
+        file = _mask_file(self.dataset, image_id)
+        if self.masks:
+            return self._placeholder(image_id, file, reason)
+        self._set_aside(image_id, file, reason)
+        return dataclasses.replace(sample, mask=None)
+
+    def _placeholder(self, image_id: str, file: str, reason: str) -> Sample:
+        """A skipped item (logged once per process): a black image that no stage uses."""
         if image_id not in self._reported:
             self._reported.add(image_id)
-            self.log.add(image_id, _file_of(self.dataset, image_id), reason)
+            self.log.add(image_id, file, reason)
         placeholder = np.zeros((PLACEHOLDER_SIZE, PLACEHOLDER_SIZE, 3), np.uint8)
         return Sample(image=placeholder, mask=None, labels=[], id=image_id, problem=reason)
+
+    def _set_aside(self, image_id: str, file: str, reason: str) -> None:
+        """One warning line per process: a mask the command can do without is not used."""
+        if image_id not in self._reported and self.log.echo:
+            print(
+                f"warning: not using mask {file}: {reason}; the image is kept (no mask-based "
+                "numbers for it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._reported.add(image_id)
+
+    def _without_mask(self, index: int, image_id: str) -> Sample:
+        """Item ``index`` read again without its mask (a bad image: a placeholder)."""
+        split, indices = split_items(self.dataset)
+        try:
+            return split.sample(indices[index], mask=False)
+        except DatasetError as error:
+            self._reported.discard(image_id)
+            return self._placeholder(image_id, _file_of(self.dataset, image_id), str(error))
 
 
 def _mask_problem(sample: Sample, class_names: Sequence[str] | None) -> str | None:
@@ -228,6 +290,13 @@ def _mask_problem(sample: Sample, class_names: Sequence[str] | None) -> str | No
         return None
     bad = sorted({int(v) for v in np.unique(sample.mask) if num_classes <= v != IGNORE_INDEX})
     return f"mask values outside 0..{num_classes - 1} and 255: {bad[:8]} (fix the mask)"
+
+
+def _mask_file(dataset: Any, image_id: str) -> str:
+    try:
+        return str(dataset.mask_path(image_id))
+    except (AttributeError, KeyError):
+        return image_id
 
 
 def _file_of(dataset: Any, image_id: str) -> str:
@@ -255,10 +324,19 @@ class SkipPlaceholders:
 
 
 def checked_split(
-    dataset: Dataset, data_config: Any, *, log: SkipLog, processes: Any = None
+    dataset: Dataset,
+    data_config: Any,
+    *,
+    log: SkipLog,
+    processes: Any = None,
+    masks: bool = True,
 ) -> Dataset:
     """What a long command runs on: the pre-flight (``data.preflight``; ``data.skip_bad``
-    leaves bad images out, else :class:`PreflightError`), then :class:`SkipUnreadable`."""
+    leaves bad images out, else :class:`PreflightError`), then :class:`SkipUnreadable`.
+
+    masks: whether the command needs the ground-truth masks (module docstring)."""
     if data_config.preflight:
-        dataset, _ = preflight(dataset, skip_bad=data_config.skip_bad, log=log, processes=processes)
-    return SkipUnreadable(dataset, log)
+        dataset, _ = preflight(
+            dataset, skip_bad=data_config.skip_bad, log=log, processes=processes, masks=masks
+        )
+    return SkipUnreadable(dataset, log, masks=masks)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
 from co2sam.asset_paths import demo_sam_path
+from co2sam.hub import HUB_ID
 from co2sam.models.families import all_variants, family_of_model_type, variant_family
 from co2sam.models.lora import freeze
 from co2sam.models.official import (
@@ -19,7 +19,6 @@ from co2sam.models.official import (
 from co2sam.models.official_sam2 import is_sam2_state, load_sam2_state
 from co2sam.models.variants import build_sam, is_meta_variant, use_meta_layer_norm_eps
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
@@ -65,7 +64,7 @@ def load_sam(source: str) -> PreTrainedModel:
         model_type = json.loads(config_path.read_text()).get("model_type", "?")
         family = family_of_model_type(model_type, str(config_path))
         return freeze(_meta_eps(family.model_class.from_pretrained(path)))
-    if _HUB_ID.fullmatch(source) and not source.startswith("."):
+    if HUB_ID.fullmatch(source) and not source.startswith("."):
         return freeze(_meta_eps(_from_hub(source)))
     raise FileNotFoundError(
         f"SAM weights not found: {source!r} is not a file, a folder, a hub id "
@@ -93,10 +92,13 @@ def _meta_eps(model: PreTrainedModel) -> PreTrainedModel:
 def _from_hub(source: str) -> PreTrainedModel:
     from transformers import AutoConfig
 
+    from co2sam.hub import hub_options
+
+    options = hub_options(source, "SAM (or an official .pth/.pt file)")  # no network: at once
     try:
-        model_type = AutoConfig.from_pretrained(source).model_type
+        model_type = AutoConfig.from_pretrained(source, **options).model_type
         family = family_of_model_type(model_type, f"hub model {source}")
-        return family.model_class.from_pretrained(source)
+        return family.model_class.from_pretrained(source, **options)
     except OSError as error:
         raise OSError(
             f"Cannot load {source!r} from the Hugging Face hub ({error}). Check the id "

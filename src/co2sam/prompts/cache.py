@@ -118,7 +118,7 @@ def load_box_cache(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no box cache at {path}; make it with `co2sam boxes --split <split>` "
+            f"no box cache at {path}; make it with `co2sam boxes` for its split "
             "(or set prompts.source=detector / oracle, or prompts.cache_dir)"
         )
     settings, entries, _ = _read(path)

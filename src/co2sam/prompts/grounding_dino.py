@@ -158,9 +158,12 @@ class GroundingDinoPrompter:
         """Load model and tokenizer from a hub id or a local folder."""
         from transformers import AutoTokenizer, GroundingDinoForObjectDetection
 
+        from co2sam.hub import hub_options
+
+        options = hub_options(str(source), "Grounding DINO")  # no network: at once, with the fix
         try:
-            model = GroundingDinoForObjectDetection.from_pretrained(str(source))
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = GroundingDinoForObjectDetection.from_pretrained(str(source), **options)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), **options)
         except OSError as error:
             raise OSError(
                 f"cannot load Grounding DINO from {source!r}: give a hub id "

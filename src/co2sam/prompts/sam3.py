@@ -106,9 +106,12 @@ class Sam3Prompter:
         """Load model and tokenizer from a hub id (``facebook/sam3``) or a local folder."""
         from transformers import AutoTokenizer, Sam3Model
 
+        from co2sam.hub import hub_options
+
+        options = hub_options(str(source), "SAM 3")  # no network: at once, with the fix
         try:
-            model = Sam3Model.from_pretrained(str(source))
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = Sam3Model.from_pretrained(str(source), **options)
+            tokenizer = AutoTokenizer.from_pretrained(str(source), **options)
         except OSError as error:
             raise OSError(
                 f"cannot load SAM 3 from {source!r}: give a hub id (facebook/sam3) or a folder "

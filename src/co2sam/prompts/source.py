@@ -7,11 +7,12 @@ words where its boxes come from (reports must say when boxes are oracle ones).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from co2sam.config import Co2SamConfig
+from co2sam.config import Co2SamConfig, PromptConfig
 from co2sam.prompts.cache import BoxCacheError, load_box_cache
 from co2sam.prompts.class_texts import detector_texts
 from co2sam.prompts.oracle import dataset_instance_mask, oracle_boxes
@@ -43,6 +44,28 @@ class BoxSource:
 
     def __repr__(self) -> str:
         return f"BoxSource({self.description})"
+
+
+MASK_SOURCES = ("oracle", "simulated")
+"""Box sources made from the ground-truth masks: a command using one needs the masks."""
+
+
+def reads_masks(source: str | None) -> bool:
+    """Whether boxes from ``source`` (``prompts.source``, or a box cache file) are made
+    from the split's ground-truth masks, so the command needs them."""
+    return source in MASK_SOURCES
+
+
+def boxes_command(config: Co2SamConfig, split: str, path: str | Path | None = None) -> str:
+    """The ``co2sam boxes`` command line that makes (or completes) a split's cache."""
+    words = ["co2sam", "boxes", "--split", split, "--data-root", config.data.root or "DIR"]
+    if config.data.dataset != "voc":
+        words += ["--set", f"data.dataset={config.data.dataset}"]
+    if config.prompts.detector != PromptConfig.detector:
+        words += ["--detector", config.prompts.detector]
+    if path is not None and Path(path) != default_cache_path(config, split):
+        words += ["--out", str(path)]
+    return " ".join(shlex.quote(str(word)) for word in words)
 
 
 def default_cache_path(config: Co2SamConfig, split: str) -> Path:
@@ -147,6 +170,17 @@ def cache_source(
     expected: dict[str, Any] = {"class_names": list(class_names)}
     if not explicit:
         expected["split"] = split
+    if not path.is_file() and explicit:
+        raise FileNotFoundError(
+            f"no box cache at {path}: give an existing cache file, or --boxes cache, "
+            "detector or oracle"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no box cache at {path}; make it with `{boxes_command(config, split)}` (with "
+            "this command's --config and --set options), or set prompts.source=detector / "
+            "oracle"
+        )
     cache = load_box_cache(path, expected)
     if not explicit and cache.origin in PROMPTERS:
         # imported / oracle caches have no detector settings
@@ -166,7 +200,8 @@ def cache_source(
     if missing:
         raise BoxCacheError(
             f"box cache {path} lacks {len(missing)} image(s) of split {split!r} "
-            f"(e.g. {missing[0]!r}); run `co2sam boxes --split {split}` to complete it"
+            f"(e.g. {missing[0]!r}); complete it with `{boxes_command(config, split, path)}` "
+            "(and this command's --config and --set options)"
         )
     detector = cache.settings.get("detector", "")
     return BoxSource(

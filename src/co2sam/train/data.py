@@ -39,6 +39,8 @@ class TrainItem:
     strong: np.ndarray
     boxes: np.ndarray
     box_classes: np.ndarray
+    unreadable: bool = False
+    """A placeholder for a file that failed mid-run (co2sam.data.preflight): no boxes."""
 
 
 @dataclass
@@ -50,6 +52,8 @@ class TrainBatch:
     strong: list[np.ndarray]
     boxes: list[np.ndarray]
     box_classes: list[np.ndarray]
+    unreadable: int = 0
+    """How many of the images are placeholders of bad files (they have no boxes)."""
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -63,6 +67,7 @@ def collate_train_items(items: Sequence[TrainItem]) -> TrainBatch:
         strong=[item.strong for item in items],
         boxes=[item.boxes for item in items],
         box_classes=[item.box_classes for item in items],
+        unreadable=sum(item.unreadable for item in items),
     )
 
 
@@ -120,6 +125,7 @@ class TrainingSet(Dataset):
             strong=np.require(pair.strong, np.uint8, ["C", "W"]),
             boxes=np.asarray(view_boxes, dtype=np.float32).reshape(-1, 4),
             box_classes=np.asarray(boxes.classes, dtype=np.int64).reshape(-1),
+            unreadable=sample.problem is not None,
         )
 
 

@@ -43,6 +43,7 @@ from co2sam.config import Co2SamConfig
 from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, checked_split
 from co2sam.losses import LOSS_NAMES
 from co2sam.parallel import from_fabric
+from co2sam.prompts.source import reads_masks
 from co2sam.records import Boxes, Sample
 from co2sam.train.abandoned import rebuild_best, set_aside_abandoned
 from co2sam.train.checkpoint import (
@@ -485,8 +486,10 @@ def _optimizer_step(
     signum = signals.agreed(received)
     if signum is not None:
         raise StopRequested(signum)
+    # Images without boxes; placeholders of bad files are counted in skipped.txt instead.
+    unreadable = getattr(batch, "unreadable", 0)
     if anyone == 0:
-        state["skipped_images"] += len(batch)
+        state["skipped_images"] += len(batch) - unreadable
         state["skipped_steps"] += 1
         return None
     if has_boxes:
@@ -495,7 +498,8 @@ def _optimizer_step(
         # Others have boxes: join the gradient all-reduce with a zero loss (DDP needs
         # every process to run a forward and a backward).
         total, logs = _zero_loss(model), {"images": torch.zeros(()), "skipped": None}
-    state["skipped_images"] += len(batch) if logs["skipped"] is None else int(logs["skipped"])
+    without_boxes = len(batch) if logs["skipped"] is None else int(logs["skipped"])
+    state["skipped_images"] += without_boxes - unreadable
     finite = bool(torch.isfinite(total))
     flags = torch.tensor([float(not finite), float(logs["images"])], device=fabric.device)
     if distributed:
@@ -594,7 +598,10 @@ def _split_data(config, which, dataset, fabric, skipped):
             )
     limit = config.train.limit_train if which == "train" else config.train.limit_val
     dataset = limit_dataset(dataset, limit)
-    return checked_split(dataset, config.data, log=skipped, processes=from_fabric(fabric))
+    # Training reads the masks only for boxes made from them; validation scores on them.
+    masks = which == "val" or reads_masks(config.prompts.source)
+    processes = from_fabric(fabric)
+    return checked_split(dataset, config.data, log=skipped, processes=processes, masks=masks)
 
 
 def _boxes_of(config, split, dataset, boxes_fn):

@@ -122,8 +122,9 @@ def check_validation_split(train_dataset: Any, val_dataset: Any) -> None:
     """Refuse to pick ``best/`` on training images (the custom-folder trap).
 
     A folder dataset without ``<val_split>.txt`` puts every image in the validation
-    split, and a validation split made only of training images measures nothing; both
-    raise :class:`co2sam.data.DatasetError` with the fix.
+    split, one without ``<train_split>.txt`` every image in the training split, and a
+    validation split made only of training images measures nothing; each raises
+    :class:`co2sam.data.DatasetError` naming the missing list and the fix.
     """
     from co2sam.data import DatasetError
     from co2sam.data.preflight import split_items
@@ -140,6 +141,15 @@ def check_validation_split(train_dataset: Any, val_dataset: Any) -> None:
             f"the folder dataset at {root} has no {split.split}.txt, so the validation split "
             "would be every image, training images included, and best/ would be chosen on "
             "them; " + fix.format(root=root, name=split.split)
+        )
+    train_split, _ = split_items(train_dataset)
+    if getattr(train_split, "split_listed", True) is False:
+        root, name = getattr(train_split, "root", "?"), train_split.split
+        raise DatasetError(
+            f"the folder dataset at {root} has no {name}.txt, so the training split {name!r} "
+            f"would be every image, the validation images ({split.split}.txt) included; "
+            f"write the training images' names to {root}/{name}.txt, or point --set "
+            "data.train_split=NAME at an existing NAME.txt (e.g. train)"
         )
     train_ids = set(getattr(train_dataset, "ids", ()))
     val_ids = list(getattr(val_dataset, "ids", ()))

@@ -1,0 +1,189 @@
+"""No process outlives the command that started it: loader workers of ``evaluate`` and
+the extra processes of a sharded run, after ``kill -9`` or Ctrl-C of the command."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from co2sam.data.synthetic import make_synthetic_dataset
+from co2sam.parallel import LAUNCHER_ENV
+
+LINUX = sys.platform.startswith("linux")
+pytestmark = pytest.mark.skipif(not LINUX, reason="reads process trees from /proc")
+
+# `co2sam`, slowed down and telling the test when each process has started its work.
+SLOW_CLI = textwrap.dedent(
+    """
+    import os
+    import time
+
+    from co2sam.cli import app
+    from co2sam.inference import sam as sam_inference
+    from co2sam.prompts import build
+
+    real_predict = sam_inference.SamPredictor.predict
+
+    def predict(self, *args, **kwargs):
+        result = real_predict(self, *args, **kwargs)
+        print("WORKING", os.getpid(), flush=True)
+        time.sleep(0.5)
+        return result
+
+    real_oracle = build._oracle_detector
+
+    def oracle(dataset):
+        detect = real_oracle(dataset)
+
+        def slow(samples):  # 2 s an image: a shard lasts longer than the test waits
+            print("WORKING", os.getpid(), flush=True)
+            time.sleep(2)
+            return detect(samples)
+
+        return slow
+
+    sam_inference.SamPredictor.predict = predict
+    build._oracle_detector = oracle
+    app(prog_name="co2sam")
+    """
+)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """A zombie (killed, not yet reaped) counts as gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "Z" not in state.split()[1]
+
+
+def _wait_gone(pids: list[int], seconds: float = 4.0) -> list[int]:
+    """The pids still running after up to ``seconds`` (torch's own idle check is 5 s)."""
+    deadline = time.monotonic() + seconds
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if _running(pid)]
+
+
+def _kill_all(process, pids):
+    """Test clean-up: the command and whatever it left (when the test failed)."""
+    for pid in [process.pid, *pids]:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    process.stdout.close()
+
+
+def _start(tmp_path, args, *, new_session=False):
+    script = tmp_path / "slow_co2sam.py"
+    script.write_text(SLOW_CLI)
+    env = {k: v for k, v in os.environ.items() if k != LAUNCHER_ENV}
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env=dict(env, OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def _wait_for(process, ready):
+    """Read the command's output until ``ready(output, descendants)`` holds."""
+    output = ""
+    for line in process.stdout:
+        output += line
+        found = _descendants(process.pid)
+        if ready(output, found):
+            return output, found
+    raise AssertionError(f"the command ended first:\n{output[-3000:]}")
+
+
+def _data(tmp_path, image_size=64):
+    root = tmp_path / "data"
+    make_synthetic_dataset(
+        root, num_images=12, num_classes=2, image_size=image_size, seed=0, splits={"val": 12}
+    )
+    return ["--data-root", str(root), "--set", "data.dataset=synthetic", "--split", "val"]
+
+
+def _evaluate(tmp_path, data, workers, *more):
+    return ["evaluate", *data, "--sam", "tiny", "--boxes", "oracle", "--device", "cpu",
+            "--batch-size", "1", "--set", f"data.num_workers={workers}",
+            "--out", str(tmp_path / "eval"), *more]  # fmt: skip
+
+
+def test_kill_9_of_evaluate_leaves_no_loader_worker(tmp_path):
+    # 200-pixel images: a batch no longer fits a pipe's buffer, so an unguarded worker
+    # blocks handing it to the dead command (what kept two workers alive in the issue).
+    data = _data(tmp_path, image_size=200)
+    process = _start(tmp_path, _evaluate(tmp_path, data, 2))
+    workers = []
+    try:
+        _, workers = _wait_for(process, lambda out, found: "WORKING" in out and len(found) == 2)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert not _wait_gone(workers), "evaluate's loader workers outlived kill -9"
+    finally:
+        _kill_all(process, workers)
+
+
+def test_kill_9_of_a_sharded_boxes_launcher_stops_the_other_process(tmp_path):
+    data = _data(tmp_path)
+    args = ["boxes", "--oracle", *data, "--devices", "2", "--set", "prompts.device=cpu",
+            "--out", str(tmp_path / "val.jsonl")]  # fmt: skip
+    process = _start(tmp_path, args)
+    others = []
+    try:
+        # both processes detecting: the second one has its own WORKING line
+        output, others = _wait_for(
+            process, lambda out, found: len(set(out.split("WORKING")[1:])) >= 2 and found
+        )
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert len(others) == 1, output[-3000:]
+        # (the pipe stays open: a write to a closed one would end the process anyway)
+        assert not _wait_gone(others), "the second process went on with its shard after kill -9"
+    finally:
+        _kill_all(process, others)
+
+
+def test_ctrl_c_of_a_sharded_evaluation_stops_every_process_with_130(tmp_path):
+    data = _data(tmp_path)
+    process = _start(tmp_path, _evaluate(tmp_path, data, 1, "--devices", "2"), new_session=True)
+    others = []
+    try:
+        # 2 processes, each with its loader worker
+        _, others = _wait_for(
+            process, lambda out, found: out.count("WORKING") >= 2 and len(found) == 3
+        )
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+        output = process.stdout.read()
+        process.wait(timeout=60)
+        assert process.returncode == 130, output[-3000:]
+        said = " ".join(output.split())
+        assert "run the same `co2sam evaluate` command again to continue" in said
+        assert not _wait_gone(others), "a process or loader worker outlived Ctrl-C"
+    finally:
+        _kill_all(process, others)
