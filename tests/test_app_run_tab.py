@@ -16,7 +16,8 @@ def test_run_tab_curves_bars_and_confusion(app_page):
     assert epoch["value"] == run.best_epoch()
     assert list(bars["value"]["class"]) == bars["sort"]
     assert len(bars["value"]) == len(run.per_class_iou(run.best_epoch(), "label-guided"))
-    assert Image.open(confusion).size[0] > 100
+    with Image.open(confusion) as image:
+        assert image.size[0] > 100
     open_bars, _ = tab.validation(key, 1, "open")
     expected = [row["IoU"] for row in run.per_class_iou(1, "open")]
     assert list(open_bars["value"]["IoU"]) == pytest.approx(expected)

@@ -82,7 +82,8 @@ def test_a_real_run_gives_curves_validations_bars_and_confusion(run, tmp_path):
     assert [bar["IoU"] for bar in bars] == [100 * v for v in expected if v is not None]
     assert bars[0]["class"] == "background"
     figure = folder.confusion_figure(best, "label-guided", tmp_path / "cm.png")
-    assert Image.open(figure).size[0] > 100
+    with Image.open(figure) as image:
+        assert image.size[0] > 100
     summary = folder.summary()
     assert f"best epoch {best}" in summary and "oracle" in summary
     with pytest.raises(RunFolderError, match="epoch 7"):

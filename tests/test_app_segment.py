@@ -189,7 +189,8 @@ def test_what_the_page_shows_and_downloads(tmp_path):
     files = segment.write_downloads(outcomes, "adapted (Co2SAM)", NAMES, tmp_path / "out")
     assert [f.name for f in files] == ["a.png", "a.json"]  # nothing for the failed image
     np.testing.assert_array_equal(read_label_png(files[0]), good.label_maps["adapted (Co2SAM)"])
-    assert Image.open(files[0]).mode == "P"
+    with Image.open(files[0]) as image:
+        assert image.mode == "P"
     details = json.loads(files[1].read_text())
     assert details["model"] == "adapted (Co2SAM)" and details["mode"] == "open"
     assert details["areas"]["cat"]["pixels"] == 160
