@@ -1,8 +1,8 @@
 """DDP on CPU: two gloo processes distill together and end with the same network.
 
 Both processes are started at once, as torchrun or a cluster launcher would (Fabric sees
-LOCAL_RANK and joins them). Each takes one image of every two-image step; rank 0 alone
-validates and writes the run folder.
+LOCAL_RANK and joins them). Each takes one image of every two-image step and half of the
+validation images; rank 0 writes the run folder.
 """
 
 import os
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 SCRIPT = textwrap.dedent(
@@ -35,13 +36,16 @@ SCRIPT = textwrap.dedent(
     rank = torch.distributed.get_rank()
     parameters = {n: p.detach().clone() for n, p in result.net.named_parameters()}
     torch.save({"parameters": parameters, "step": result.step, "epoch": result.epoch,
-                "history": len(result.history)}, f"{out_dir}/rank{rank}.pt")
+                "history": result.history}, f"{out_dir}/rank{rank}.pt")
     """
 )
 
 
 def test_two_processes_end_with_the_same_network(tmp_path):
     from co2sam.data.synthetic import make_synthetic_dataset
+    from co2sam.data.voc import VocDataset
+    from co2sam.evaluate import evaluate_predictor
+    from co2sam.inference.segmenter import SegmenterPredictor
     from co2sam.models.segmentation_net import build_net, load_net
     from co2sam.train.checkpoint import load_checkpoint
 
@@ -79,7 +83,17 @@ def test_two_processes_end_with_the_same_network(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["step"] == ranks[1]["step"] == 4
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 2  # 4 images, 2 per step
-    assert ranks[0]["history"] == ranks[1]["history"] == 1  # one validation, recorded by both
+    # one validation, shared out and summed: both processes hold the numbers that one
+    # process scoring the whole val split with the saved network gets
+    assert len(ranks[0]["history"]) == 1 and ranks[0]["history"] == ranks[1]["history"]
+    net = load_net(tmp_path / "run" / "last")[0]
+    val = VocDataset(voc, "val")
+    alone = evaluate_predictor(
+        SegmenterPredictor(net, scale=(128, 48)), val, modes=("open",), progress=False
+    )["open"]
+    recorded = ranks[0]["history"][0]["metrics"]["open"]
+    assert recorded["miou"] == pytest.approx(alone["miou"], abs=1e-9)
+    assert recorded["pixel_accuracy"] == pytest.approx(alone["pixel_accuracy"], abs=1e-9)
     first, second = ranks[0]["parameters"], ranks[1]["parameters"]
     assert first.keys() == second.keys() and first
     for name in first:

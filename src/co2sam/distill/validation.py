@@ -1,7 +1,9 @@
 """Validation of the second stage during training: the real val masks, open mode.
 
-Rank 0 evaluates the plain (unwrapped) network while the other processes wait; the
-best open-mode mIoU so far is kept as ``best/``.
+Every process segments its share of the split (images ``r, r + W, ...``, as training's
+validation does) with the plain (unwrapped) network, and the confusion matrices are
+summed, so all processes see the same numbers and none waits for one to score 5,000
+COCO images. The best open-mode mIoU so far is kept as ``best/`` (written by rank 0).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from co2sam.distill.run_files import save_segmenter_folder
 from co2sam.inference.segmenter import SegmenterPredictor
 
@@ -17,23 +21,45 @@ MODE = "open"
 
 
 def validate(fabric, config, net, dataset, state, bar) -> None:
-    """Evaluate on rank 0, record it in ``state["history"]``, keep the best segmenter."""
-    from co2sam.evaluate import evaluate_predictor
+    """Evaluate on every process, record it in ``state["history"]``, keep the best segmenter.
 
+    ``train.limit_val`` takes the split's first images before they are shared out. The
+    network's buffers (BatchNorm statistics, which each process updated on its own
+    images) are first set to rank 0's, the network that ``best/`` and ``last/`` hold.
+    Validation leaves the global RNGs as it found them.
+    """
+    from co2sam.data.preflight import SplitSubset
+    from co2sam.evaluate import evaluate_predictor
+    from co2sam.parallel import from_fabric
+
+    processes = from_fabric(fabric)
+    limit = config.train.limit_val
+    if limit is not None:
+        dataset = SplitSubset(dataset, range(min(limit, len(dataset))))
+    shard = SplitSubset(dataset, processes.shard(range(len(dataset))))
+    if processes.distributed:
+        for buffer in net.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     record: dict[str, Any] = {"step": state["step"], "epoch": state["epoch"], "metrics": {}}
-    if fabric.global_rank == 0:
+    cuda = [fabric.device] if fabric.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
         predictor = SegmenterPredictor(net, scale=config.eval.scale)
         metrics = evaluate_predictor(
-            predictor, dataset, modes=(MODE,), limit=config.train.limit_val, progress=False
+            predictor,
+            shard,
+            modes=(MODE,),
+            progress=False,
+            reduce_across_processes=processes.distributed,
         )[MODE]
-        record["metrics"] = {
-            MODE: {key: metrics[key] for key in ("miou", "pixel_accuracy", "mean_accuracy")}
-        }
-        miou = metrics["miou"]
-        bar.print(f"step {state['step']}: val mIoU ({MODE} mode) {_pct(miou)}")
-        best = state["best"]
-        if miou is not None and (best is None or miou > best["miou"]):
-            state["best"] = {"step": state["step"], "miou": float(miou), "mode": MODE}
+    record["metrics"] = {
+        MODE: {key: metrics[key] for key in ("miou", "pixel_accuracy", "mean_accuracy")}
+    }
+    miou = metrics["miou"]
+    bar.print(f"step {state['step']}: val mIoU ({MODE} mode) {_pct(miou)}")
+    best = state["best"]
+    if miou is not None and (best is None or miou > best["miou"]):
+        state["best"] = {"step": state["step"], "miou": float(miou), "mode": MODE}
+        if processes.is_main:
             save_segmenter_folder(net, Path(config.train.out_dir) / "best", config, state)
     state["history"].append(record)
     fabric.barrier()
