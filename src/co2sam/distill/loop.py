@@ -51,17 +51,15 @@ from co2sam.train.checkpoint import (
 )
 from co2sam.train.data import EpochSampler
 from co2sam.train.interrupt import (
-    REQUEUE_SIGNAL,
     StopRequested,
     StopSignals,
     TrainingInterrupted,
-    requeue_slurm_job,
-    slurm_job_id,
     stop_signals,
+    stop_with_checkpoint,
 )
-from co2sam.train.loop import NonFiniteLossError, limit_dataset, resolve_precision
-from co2sam.train.monitor import TrainProgress, make_loggers
-from co2sam.train.run_dir import open_run_dir, tidy_run_dir
+from co2sam.train.loop import NonFiniteLossError, launch_fabric, limit_dataset
+from co2sam.train.monitor import TrainProgress, close_monitors, log_metrics, make_loggers
+from co2sam.train.run_dir import finish_run, open_run_dir, tidy_run_dir
 from co2sam.train.workers import WorkerGuard
 
 __all__ = ["DistillInterrupted", "DistillResult", "distill"]
@@ -114,18 +112,9 @@ def distill(
         readable ``epoch-XXX.pt``); a path restarts from that checkpoint file.
     Raises :class:`DistillInterrupted` after a stop signal (state saved).
     """
-    from lightning.fabric import Fabric
-
     train = config.train
     world = train.devices * train.num_nodes
-    fabric = Fabric(
-        accelerator=train.accelerator,
-        devices=train.devices,
-        num_nodes=train.num_nodes,
-        strategy="ddp" if world > 1 else "auto",
-        precision=resolve_precision(train.precision, train.accelerator),  # type: ignore[arg-type]
-    )
-    fabric.launch()
+    fabric = launch_fabric(train)
     run_dir = Path(train.out_dir)
     rank_zero = fabric.global_rank == 0
     if rank_zero:
@@ -225,7 +214,7 @@ def distill(
         validates first), then the result; the state is kept as the fallback epoch file."""
         save()
         validate(fabric, config, net, val_dataset, state, bar)
-        _log(loggers, val_metrics(state["history"][-1]), state["step"])
+        log_metrics(loggers, val_metrics(state["history"][-1]), state["step"])
         save()
         if rank_zero:
             older = epoch_checkpoints(run_dir)
@@ -240,7 +229,7 @@ def distill(
     # reads at the next step boundary: the run stops there with its state saved.
     signals = StopSignals(stop_signals())
     try:
-        with signals:
+        with stop_with_checkpoint(signals, fabric, state, run_dir, save, DistillInterrupted):
             if _validation_due(state, train):  # killed while validating last time
                 validate_and_keep()
             while state["step"] < last_step:
@@ -261,27 +250,22 @@ def distill(
                     if step % train.log_every == 0 or step == 1:
                         metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}
                         metrics["train/images_per_s"] = bar.images_per_s
-                        _log(loggers, metrics, step)
+                        log_metrics(loggers, metrics, step)
                     if _validation_due(state, train):
                         validate_and_keep()
                     elif step % train.checkpoint_every == 0:
                         save()
                     if step >= last_step:
                         break
-    except StopRequested as request:
-        save()
-        raise _interrupted(fabric, request.signum, state, run_dir) from None
     finally:
-        bar.close()
-        for logger in loggers:
-            logger.finalize("success")
+        close_monitors(bar, loggers)
 
-    save()
-    last_dir = run_dir / "last"
-    if rank_zero:
-        save_segmenter_folder(net, last_dir, config, state)
-    fabric.barrier()
-    best_dir = run_dir / "best"
+    last_dir, best_dir = finish_run(
+        fabric,
+        run_dir,
+        save,
+        lambda folder: save_segmenter_folder(net, folder, config, state),
+    )
     return DistillResult(
         run_dir=run_dir,
         net=net,
@@ -289,7 +273,7 @@ def distill(
         epoch=state["epoch"],
         best=state["best"],
         history=state["history"],
-        best_dir=best_dir if best_dir.is_dir() else None,
+        best_dir=best_dir,
         last_dir=last_dir,
         excluded=exclusion.excluded if exclusion is not None else [],
     )
@@ -326,24 +310,6 @@ def _optimizer_step(model, pixels, labels, fabric, optimizer, config, state, sig
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(flags[0].item()) / fabric.world_size
-
-
-def _interrupted(fabric, signum: int, state, run_dir: Path) -> DistillInterrupted:
-    """After the stop checkpoint: requeue the SLURM job if asked (rank 0), then report."""
-    requeued = None
-    if signum == REQUEUE_SIGNAL and fabric.global_rank == 0:
-        job = slurm_job_id()
-        requeued = job if job is not None and requeue_slurm_job(job) else None
-    fabric.barrier()
-    return DistillInterrupted(
-        signum,
-        step=state["step"],
-        epoch=state["epoch"],
-        run_dir=run_dir,
-        checkpoint=last_checkpoint_path(run_dir),
-        requeued=requeued,
-        rank=fabric.global_rank,
-    )
 
 
 def _validation_due(state: dict[str, Any], train: Any) -> bool:
@@ -394,8 +360,3 @@ def _limited(dataset: Any, limit: int | None) -> Any:
     if limited is not dataset:
         limited.image_path = dataset.image_path
     return limited
-
-
-def _log(loggers: list, metrics: dict[str, float], step: int) -> None:
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)

@@ -22,8 +22,13 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from co2sam.train.checkpoint import last_checkpoint_path
 
 REQUEUE_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows
 """What ``#SBATCH --signal=USR1@<seconds>`` sends; Lightning's default requeue signal."""
@@ -143,3 +148,47 @@ def requeue_slurm_job(job_id: str) -> bool:
     if result.returncode != 0:
         os.write(2, f"scontrol requeue {job_id} failed: {result.stderr.strip()}\n".encode())
     return result.returncode == 0
+
+
+@contextmanager
+def stop_with_checkpoint(
+    signals: StopSignals,
+    fabric: Any,
+    state: dict[str, Any],
+    run_dir: Path,
+    save: Callable[[], None],
+    error: type[TrainingInterrupted] = TrainingInterrupted,
+) -> Iterator[None]:
+    """Catch ``signals`` around a Fabric loop; the :class:`StopRequested` it raises at the
+    step boundary where all processes agreed to stop writes ``last.pt`` (``save``), then
+    becomes ``error`` (after the SLURM requeue, see :func:`interrupted`)."""
+    try:
+        with signals:
+            yield
+    except StopRequested as request:
+        save()
+        raise interrupted(fabric, request.signum, state, run_dir, error) from None
+
+
+def interrupted(
+    fabric: Any,
+    signum: int,
+    state: dict[str, Any],
+    run_dir: Path,
+    error: type[TrainingInterrupted] = TrainingInterrupted,
+) -> TrainingInterrupted:
+    """After the stop checkpoint: requeue the SLURM job if asked (rank 0), then report."""
+    requeued = None
+    if signum == REQUEUE_SIGNAL and fabric.global_rank == 0:
+        job = slurm_job_id()
+        requeued = job if job is not None and requeue_slurm_job(job) else None
+    fabric.barrier()
+    return error(
+        signum,
+        step=state["step"],
+        epoch=state["epoch"],
+        run_dir=run_dir,
+        checkpoint=last_checkpoint_path(run_dir),
+        requeued=requeued,
+        rank=fabric.global_rank,
+    )

@@ -56,15 +56,13 @@ from co2sam.train.checkpoint import (
 )
 from co2sam.train.data import EpochSampler, TrainingSet, collate_train_items
 from co2sam.train.interrupt import (
-    REQUEUE_SIGNAL,
     StopRequested,
     StopSignals,
     TrainingInterrupted,
-    requeue_slurm_job,
-    slurm_job_id,
     stop_signals,
+    stop_with_checkpoint,
 )
-from co2sam.train.monitor import TrainProgress, make_loggers
+from co2sam.train.monitor import TrainProgress, close_monitors, log_metrics, make_loggers
 from co2sam.train.resume import (
     absolute_paths,
     check_changes,
@@ -79,6 +77,7 @@ from co2sam.train.run_dir import (
     ResumePoint,
     RunDirError,
     RunFolder,
+    finish_run,
     save_adapter_folder,
     save_state,
 )
@@ -134,6 +133,24 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     return "bf16-mixed" if on_gpu else "32-true"
+
+
+def launch_fabric(train: Any, ddp: Callable[[], Any] | None = None) -> Any:
+    """A launched Fabric on ``train``'s accelerator, devices, nodes and precision; with
+    more than one process its strategy is ``ddp()`` (default: Fabric's ``"ddp"``)."""
+    from lightning.fabric import Fabric
+
+    world = train.devices * train.num_nodes
+    strategy = ("ddp" if ddp is None else ddp()) if world > 1 else "auto"
+    fabric = Fabric(
+        accelerator=train.accelerator,
+        devices=train.devices,
+        num_nodes=train.num_nodes,
+        strategy=strategy,
+        precision=resolve_precision(train.precision, train.accelerator),  # type: ignore[arg-type]
+    )
+    fabric.launch()
+    return fabric
 
 
 def limit_dataset(dataset: Dataset, limit: int | None) -> Dataset:
@@ -203,22 +220,13 @@ def fit(
     With ``train.devices``/``train.num_nodes`` > 1 this runs DDP; launched from a
     script, Fabric starts the other local processes by re-running the command.
     """
-    from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
     config = absolute_paths(config)
     train = config.train
-    world = train.devices * train.num_nodes
     # SAM's buffers are constants: no per-forward buffer broadcast, so forwards need no
     # collective and a process without boxes can join a step with one dummy forward.
-    fabric = Fabric(
-        accelerator=train.accelerator,
-        devices=train.devices,
-        num_nodes=train.num_nodes,
-        strategy=DDPStrategy(**_no_buffer_sync()) if world > 1 else "auto",
-        precision=resolve_precision(train.precision, train.accelerator),  # type: ignore[arg-type]
-    )
-    fabric.launch()
+    fabric = launch_fabric(train, ddp=lambda: DDPStrategy(**_no_buffer_sync()))
     folder = RunFolder(train.out_dir)
     try:
         resume_point = _claim(fabric, folder, resume)
@@ -349,7 +357,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         if _validation_due(state, train.val_every):
             save()
             validate(fabric, config, segmenter, val_dataset, val_boxes_fn, state, bar, signals)
-            _log(loggers, val_metrics(state["history"][-1]), state["step"])
+            log_metrics(loggers, val_metrics(state["history"][-1]), state["step"])
         save()
         if rank_zero:
             copy_checkpoint(
@@ -360,7 +368,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
     # reads at the next step boundary: the run stops there with its state saved.
     stop = train.max_steps is not None and state["step"] >= train.max_steps
     try:
-        with signals:
+        with stop_with_checkpoint(signals, fabric, state, run_dir, save):
             if _validation_due(state, train.val_every):  # killed while validating last time
                 end_epoch()
             while state["epoch"] < train.epochs and not stop:
@@ -390,7 +398,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
                         if template_cache is not None:
                             metrics["train/template_cache_hit_rate"] = template_cache.hit_rate
                             metrics["train/template_cache_gib"] = template_cache.bytes / 2**30
-                        _log(loggers, metrics, state["step"])
+                        log_metrics(loggers, metrics, state["step"])
                     if state["step"] % train.checkpoint_every == 0:
                         save()
                     if train.max_steps is not None and state["step"] >= train.max_steps:
@@ -401,20 +409,15 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
                     state["seen_in_epoch"] = 0
                     bar.print(_epoch_line(state, train.epochs, bar))
                     end_epoch()
-    except StopRequested as request:
-        save()
-        raise _interrupted(fabric, request.signum, state, run_dir) from None
     finally:
-        bar.close()
-        for logger in loggers:
-            logger.finalize("success")
+        close_monitors(bar, loggers)
 
-    save()
-    last_adapter = run_dir / "last"
-    if rank_zero:
-        save_adapter_folder(segmenter, last_adapter, config, state, state["best"])
-    fabric.barrier()
-    best_adapter = run_dir / "best"
+    last_adapter, best_adapter = finish_run(
+        fabric,
+        run_dir,
+        save,
+        lambda folder: save_adapter_folder(segmenter, folder, config, state, state["best"]),
+    )
     return FitResult(
         run_dir=run_dir,
         segmenter=segmenter,
@@ -422,7 +425,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         epoch=state["epoch"],
         best=state["best"],
         history=state["history"],
-        best_adapter=best_adapter if best_adapter.is_dir() else None,
+        best_adapter=best_adapter,
         last_adapter=last_adapter,
         skipped_images=state["skipped_images"],
         skipped_steps=state["skipped_steps"],
@@ -519,24 +522,6 @@ def _optimizer_step(
     scheduler.step()
     losses = {name: float(logs[name]) for name in (*LOSS_NAMES, "total") if name in logs}
     return losses, int(flags[1].item())
-
-
-def _interrupted(fabric, signum: int, state, run_dir: Path) -> TrainingInterrupted:
-    """After the stop checkpoint: requeue the SLURM job if asked (rank 0), then report."""
-    requeued = None
-    if signum == REQUEUE_SIGNAL and fabric.global_rank == 0:
-        job = slurm_job_id()
-        requeued = job if job is not None and requeue_slurm_job(job) else None
-    fabric.barrier()
-    return TrainingInterrupted(
-        signum,
-        step=state["step"],
-        epoch=state["epoch"],
-        run_dir=run_dir,
-        checkpoint=last_checkpoint_path(run_dir),
-        requeued=requeued,
-        rank=fabric.global_rank,
-    )
 
 
 def _validation_due(state: dict[str, Any], val_every: int) -> bool:
@@ -639,8 +624,3 @@ def _loader(config, dataset, boxes_fn, fabric):
         generator=torch.Generator().manual_seed(train.seed),
     )
     return training_set, sampler, loader
-
-
-def _log(loggers: list, metrics: dict[str, float], step: int) -> None:
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)

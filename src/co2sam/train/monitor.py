@@ -29,6 +29,19 @@ def make_loggers(run_dir: Path, start_step: int) -> list:
     ]
 
 
+def log_metrics(loggers: list, metrics: dict[str, float], step: int) -> None:
+    """``metrics`` at ``step`` to every logger of :func:`make_loggers`."""
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def close_monitors(bar: TrainProgress, loggers: list) -> None:
+    """At the end of a run (finished, stopped or failed): the bar stops, the logs flush."""
+    bar.close()
+    for logger in loggers:
+        logger.finalize("success")
+
+
 class RunningMeans:
     """Exponential moving averages of the logged losses (for the progress bar)."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,18 @@ def save_adapter_folder(segmenter, folder: Path, config, state, best) -> None:
         folder.rename(old)
     temp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_run(
+    fabric: Any, run_dir: Path, save: Callable[[], None], write_last: Callable[[Path], None]
+) -> tuple[Path, Path | None]:
+    """The end of a finished run: ``last.pt`` (``save``), then the main process writes the
+    ``last/`` folder (``write_last(folder)``) while the others wait. Returns ``last/`` and
+    ``best/`` (None when no validation kept one)."""
+    save()
+    last = run_dir / "last"
+    if fabric.global_rank == 0:
+        write_last(last)
+    fabric.barrier()
+    best = run_dir / "best"
+    return last, best if best.is_dir() else None
