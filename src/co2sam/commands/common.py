@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from co2sam.config import Co2SamConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from co2sam.train.interrupt import TrainingInterrupted
 
 console = Console(stderr=True)
 
@@ -32,6 +37,20 @@ SAM_HELP = (
 )
 """What ``--sam`` accepts (:func:`co2sam.sam.load_sam`)."""
 
+# The run options of the Fabric commands (train, distill).
+ExcludeOption = typer.Option(
+    None,
+    help="A file of image ids to leave out of training, one per line (data.exclude), "
+    "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
+)
+RunFolderOption = typer.Option(None, help="Run folder (train.out_dir).")
+TrainDevicesOption = typer.Option(None, help="Devices per node (train.devices).")
+TrainNodesOption = typer.Option(None, help="Nodes (train.num_nodes).")
+TrainAcceleratorOption = typer.Option(None, help="auto, cpu, cuda, gpu, mps (train.accelerator).")
+TrainPrecisionOption = typer.Option(
+    None, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string."
+)
+
 
 def resolve_config(
     config: str | None, overrides: list[str] | None, **flags: object
@@ -51,6 +70,27 @@ def resolve_config(
 def flag_overrides(flags: dict[str, object]) -> list[str]:
     """``{"a.b": value}`` -> ``["a.b=value"]`` (YAML values); ``None`` values skipped."""
     return [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
+
+
+def resume_run(resume: Path) -> tuple[Path, bool | Path, Path]:
+    """``--resume RUN`` or ``--resume RUN/checkpoints/<name>.pt``: the run folder, what the
+    loop resumes from (True: the folder's newest checkpoint; a path: that file) and the
+    run's ``config.yaml``. Exits when the folder has none."""
+    run_dir, resume_from = resume, True
+    if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
+        run_dir, resume_from = resume.parent.parent, resume
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
+    return run_dir, resume_from, saved
+
+
+def interrupted_exit(stopped: TrainingInterrupted) -> typer.Exit:
+    """For a run a signal stopped: the main process says how to resume; every process
+    exits with 128 + the signal (raise what this returns)."""
+    if stopped.rank == 0:
+        console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
+    return typer.Exit(stopped.exit_code)
 
 
 def fail(message: str, code: int = 2) -> None:

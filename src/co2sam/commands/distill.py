@@ -5,9 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from co2sam.commands.common import SetOption, console, fail, flag_overrides
+from co2sam.commands.common import (
+    ExcludeOption,
+    RunFolderOption,
+    SetOption,
+    TrainAcceleratorOption,
+    TrainDevicesOption,
+    TrainNodesOption,
+    TrainPrecisionOption,
+    console,
+    fail,
+    flag_overrides,
+    interrupted_exit,
+    resume_run,
+)
 
 DistillConfigOption = typer.Option(
     None, "--config", "-c", help="Preset name (voc, coco: configs/distill-*.yaml) or a YAML file."
@@ -30,17 +42,13 @@ def distill(
         None,
         help="Hub id or local folder of that architecture, e.g. nvidia/mit-b2 (model.pretrained).",
     ),
-    exclude: Path | None = typer.Option(
-        None,
-        help="A file of image ids to leave out of training, one per line (data.exclude), "
-        "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
-    ),
+    exclude: Path | None = ExcludeOption,
     min_confidence: float | None = typer.Option(
         None,
         help="Ignore pixels whose pseudo-label confidence is below this "
         "(pseudo_labels.min_confidence).",
     ),
-    out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
+    out: Path | None = RunFolderOption,
     iterations: int | None = typer.Option(None, help="Optimizer steps (train.iterations)."),
     max_steps: int | None = typer.Option(
         None, help="Stop after N steps in total; --resume continues (train.max_steps)."
@@ -48,14 +56,10 @@ def distill(
     batch_size: int | None = typer.Option(
         None, help="Images per step over all processes (train.batch_size)."
     ),
-    devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
-    num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
-    accelerator: str | None = typer.Option(
-        None, help="auto, cpu, cuda, gpu, mps (train.accelerator)."
-    ),
-    precision: str | None = typer.Option(
-        None, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string."
-    ),
+    devices: int | None = TrainDevicesOption,
+    num_nodes: int | None = TrainNodesOption,
+    accelerator: str | None = TrainAcceleratorOption,
+    precision: str | None = TrainPrecisionOption,
     resume: Path | None = typer.Option(
         None,
         help="Continue the run in this folder from its last checkpoint (or the newest "
@@ -87,12 +91,7 @@ def distill(
 
     resume_from: bool | Path = False
     if resume is not None:
-        run_dir, resume_from = resume, True
-        if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
-            run_dir, resume_from = resume.parent.parent, resume
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
+        run_dir, resume_from, saved = resume_run(resume)
         config = config or str(saved)
         out = run_dir
     flags = {
@@ -125,9 +124,7 @@ def distill(
     try:
         result = run_distill(cfg, resume=resume_from, progress=progress)
     except DistillInterrupted as stopped:
-        if stopped.rank == 0:
-            console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
-        raise typer.Exit(stopped.exit_code) from None
+        raise interrupted_exit(stopped) from None
     except (
         CheckpointError,
         DatasetError,

@@ -5,15 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from co2sam.commands.common import (
     SAM_HELP,
     ConfigOption,
+    ExcludeOption,
+    RunFolderOption,
     SetOption,
+    TrainAcceleratorOption,
+    TrainDevicesOption,
+    TrainNodesOption,
+    TrainPrecisionOption,
     console,
     fail,
+    interrupted_exit,
     resolve_config,
+    resume_run,
 )
 from co2sam.commands.guards import SkipBadOption, output_errors, print_preflight_problems
 
@@ -36,20 +43,12 @@ def train(
         "with, or to run live (prompts.detector).",
     ),
     skip_bad: bool = SkipBadOption,
-    exclude: Path | None = typer.Option(
-        None,
-        help="A file of image ids to leave out of training, one per line (data.exclude), "
-        "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
-    ),
-    out: Path | None = typer.Option(None, help="Run folder (train.out_dir)."),
-    devices: int | None = typer.Option(None, help="Devices per node (train.devices)."),
-    num_nodes: int | None = typer.Option(None, help="Nodes (train.num_nodes)."),
-    accelerator: str | None = typer.Option(
-        None, help="auto, cpu, cuda, gpu, mps (train.accelerator)."
-    ),
-    precision: str | None = typer.Option(
-        None, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string."
-    ),
+    exclude: Path | None = ExcludeOption,
+    out: Path | None = RunFolderOption,
+    devices: int | None = TrainDevicesOption,
+    num_nodes: int | None = TrainNodesOption,
+    accelerator: str | None = TrainAcceleratorOption,
+    precision: str | None = TrainPrecisionOption,
     epochs: int | None = typer.Option(None, help="Epochs (train.epochs)."),
     max_steps: int | None = typer.Option(None, help="Stop after N optimizer steps in total."),
     limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
@@ -78,16 +77,11 @@ def train(
     """
     resume_from: bool | Path = False
     if resume is not None:
-        run_dir, resume_from = resume, True
-        if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
-            run_dir, resume_from = resume.parent.parent, resume
-        elif not resume.exists():
+        if not resume.exists():
             fail(f"--resume {resume}: no such run folder or checkpoint file")
-        elif not resume.is_dir():
+        if not (resume.is_file() or resume.is_dir()):
             fail(f"--resume {resume}: not a run folder or a checkpoint file")
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
+        run_dir, resume_from, saved = resume_run(resume)
         if config is not None:
             fail(
                 f"--config {config} cannot be used with --resume: the run's own {saved} is "
@@ -137,9 +131,7 @@ def train(
         with output_errors(cfg.train.out_dir):
             result = fit(cfg, resume=resume_from, progress=progress)
     except TrainingInterrupted as stopped:
-        if stopped.rank == 0:
-            console.print(f"[yellow]interrupted[/] {escape(str(stopped))}")
-        raise typer.Exit(stopped.exit_code) from None
+        raise interrupted_exit(stopped) from None
     except PreflightError as error:
         print_preflight_problems(error)
         _fail_once(str(error), code=1)
