@@ -36,6 +36,14 @@ from co2sam.prompts.reference import (
     detector_input,
     select_reference_detections,
 )
+from co2sam.prompts.text_detector import (
+    check_label,
+    class_text_table,
+    concatenate_boxes,
+    load_with_tokenizer,
+    resolve_device,
+    unit_pixels,
+)
 from co2sam.prompts.text_queries import TextQuery, build_queries, select_detections
 from co2sam.records import Boxes
 
@@ -72,10 +80,7 @@ def preprocess_images(
     """
     tensors = []
     for image in images:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HWC uint8 RGB image, got {image.shape} {image.dtype}")
-        pixels = torch.from_numpy(np.array(image, copy=True)).to(device)
-        pixels = pixels.permute(2, 0, 1)[None].float() / 255.0
+        pixels = unit_pixels(image, device)
         size = resized_size(image.shape[0], image.shape[1], shortest, longest)
         pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True)
         mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
@@ -89,12 +94,6 @@ def preprocess_images(
         pixel_values[index, :, : tensor.shape[1], : tensor.shape[2]] = tensor
         pixel_mask[index, : tensor.shape[1], : tensor.shape[2]] = 1
     return pixel_values, pixel_mask
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class GroundingDinoPrompter:
@@ -135,13 +134,7 @@ class GroundingDinoPrompter:
         if class_texts is None and compat == "reference":
             class_texts = [[name] for name in self.class_names[1:]]
         texts = class_texts if class_texts is not None else class_prompts(self.class_names)
-        if len(texts) != len(self.class_names) - 1:
-            raise ValueError(
-                f"{len(texts)} class texts for {len(self.class_names) - 1} object classes"
-            )
-        self.class_texts: dict[int, list[str]] = {
-            index: list(options) for index, options in enumerate(texts, start=1)
-        }
+        self.class_texts = class_text_table(self.class_names, texts)
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
         self.batch_size = batch_size
@@ -156,20 +149,14 @@ class GroundingDinoPrompter:
         cls, source: str | Path, class_names: Sequence[str], **kwargs
     ) -> GroundingDinoPrompter:
         """Load model and tokenizer from a hub id or a local folder."""
-        from transformers import AutoTokenizer, GroundingDinoForObjectDetection
+        from transformers import GroundingDinoForObjectDetection
 
-        from co2sam.hub import hub_options
-
-        options = hub_options(str(source), "Grounding DINO")  # no network: at once, with the fix
-        try:
-            model = GroundingDinoForObjectDetection.from_pretrained(str(source), **options)
-            tokenizer = AutoTokenizer.from_pretrained(str(source), **options)
-        except OSError as error:
-            raise OSError(
-                f"cannot load Grounding DINO from {source!r}: give a hub id "
-                "(IDEA-Research/grounding-dino-base) or a folder holding config.json, the "
-                f"weights and the tokenizer files (prompts.detector / --detector). {error}"
-            ) from error
+        model, tokenizer = load_with_tokenizer(
+            GroundingDinoForObjectDetection,
+            source,
+            "Grounding DINO",
+            "IDEA-Research/grounding-dino-base",
+        )
         return cls(model, tokenizer, class_names, **kwargs)
 
     @classmethod
@@ -196,9 +183,7 @@ class GroundingDinoPrompter:
             return self.all_queries
         queries = []
         for label in labels:
-            if label not in self.class_texts:
-                count = len(self.class_texts)
-                raise ValueError(f"label {label} is not a class index in 1..{count}")
+            check_label(label, self.class_texts)
             if label not in self._class_queries:
                 texts = {label: self.class_texts[label]}
                 (query,) = build_queries(self.tokenizer, texts, self.max_tokens)
@@ -249,7 +234,7 @@ class GroundingDinoPrompter:
                         token_probs, xyxy, query, self.box_threshold, self.text_threshold
                     )
                 found[index].append(boxes)
-        return [_concatenate(parts) for parts in found]
+        return [concatenate_boxes(parts) for parts in found]
 
     def _run(
         self, images: Sequence[np.ndarray], batch: list[tuple[int, TextQuery]]
@@ -291,13 +276,3 @@ def _to_pixels(cxcywh: torch.Tensor, height: int, width: int, clip: bool = True)
     size = torch.tensor([width, height, width, height], device=xyxy.device, dtype=xyxy.dtype)
     xyxy = xyxy * size
     return torch.minimum(xyxy.clamp(min=0), size) if clip else xyxy
-
-
-def _concatenate(parts: list[Boxes]) -> Boxes:
-    if not parts:
-        return Boxes()
-    return Boxes(
-        np.concatenate([part.xyxy for part in parts]),
-        np.concatenate([part.classes for part in parts]),
-        np.concatenate([part.scores for part in parts]),
-    )

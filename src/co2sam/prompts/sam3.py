@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from co2sam.prompts.class_texts import class_prompts
-from co2sam.prompts.grounding_dino import resolve_device
+from co2sam.prompts.text_detector import (
+    check_label,
+    class_text_table,
+    concatenate_boxes,
+    load_with_tokenizer,
+    resolve_device,
+    unit_pixels,
+)
 from co2sam.records import Boxes
 
 SAM3_MEAN = (0.5, 0.5, 0.5)
@@ -42,10 +49,7 @@ def preprocess_sam3(images: Sequence[np.ndarray], size: int, device="cpu") -> to
     (antialiased), scaled to [0, 1] and normalised with SAM 3's mean/std."""
     tensors = []
     for image in images:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HWC uint8 RGB image, got {image.shape} {image.dtype}")
-        pixels = torch.from_numpy(np.array(image, copy=True)).to(device)
-        pixels = pixels.permute(2, 0, 1)[None].float() / 255.0
+        pixels = unit_pixels(image, device)
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True)
         tensors.append(pixels[0].clamp(0, 1))
     mean = torch.tensor(SAM3_MEAN, device=device)[:, None, None]
@@ -79,13 +83,7 @@ class Sam3Prompter:
         self.tokenizer = tokenizer
         self.class_names = tuple(class_names)
         texts = class_texts if class_texts is not None else class_prompts(self.class_names)
-        if len(texts) != len(self.class_names) - 1:
-            raise ValueError(
-                f"{len(texts)} class texts for {len(self.class_names) - 1} object classes"
-            )
-        self.class_texts: dict[int, list[str]] = {
-            index: list(options) for index, options in enumerate(texts, start=1)
-        }
+        self.class_texts = class_text_table(self.class_names, texts)
         self.box_threshold = box_threshold
         self.batch_size = max(1, batch_size)
         self.texts_per_forward = max(1, texts_per_forward)
@@ -104,20 +102,9 @@ class Sam3Prompter:
         cls, source: str | Path, class_names: Sequence[str], **kwargs
     ) -> Sam3Prompter:
         """Load model and tokenizer from a hub id (``facebook/sam3``) or a local folder."""
-        from transformers import AutoTokenizer, Sam3Model
+        from transformers import Sam3Model
 
-        from co2sam.hub import hub_options
-
-        options = hub_options(str(source), "SAM 3")  # no network: at once, with the fix
-        try:
-            model = Sam3Model.from_pretrained(str(source), **options)
-            tokenizer = AutoTokenizer.from_pretrained(str(source), **options)
-        except OSError as error:
-            raise OSError(
-                f"cannot load SAM 3 from {source!r}: give a hub id (facebook/sam3) or a folder "
-                "holding config.json, the weights and the tokenizer files "
-                f"(prompts.detector / --detector). {error}"
-            ) from error
+        model, tokenizer = load_with_tokenizer(Sam3Model, source, "SAM 3", "facebook/sam3")
         return cls(model, tokenizer, class_names, **kwargs)
 
     @classmethod
@@ -152,9 +139,7 @@ class Sam3Prompter:
             labels = list(self.class_texts)
         queries = []
         for label in labels:
-            if label not in self.class_texts:
-                count = len(self.class_texts)
-                raise ValueError(f"label {label} is not a class index in 1..{count}")
+            check_label(label, self.class_texts)
             queries.extend((label, text) for text in self.class_texts[label])
         return queries
 
@@ -191,7 +176,7 @@ class Sam3Prompter:
                     self._run(vision, row, queries[first : first + self.texts_per_forward], image)
                     for first in range(0, len(queries), self.texts_per_forward)
                 ]
-                found.append(_concatenate(parts))
+                found.append(concatenate_boxes(parts))
         return found
 
     def _run(self, vision, row: int, queries: list[tuple[int, str]], image: np.ndarray) -> Boxes:
@@ -220,13 +205,3 @@ class Sam3Prompter:
             classes[:, None].expand_as(scores)[keep].cpu().numpy(),
             scores[keep].cpu().numpy(),
         )
-
-
-def _concatenate(parts: list[Boxes]) -> Boxes:
-    if not parts:
-        return Boxes()
-    return Boxes(
-        np.concatenate([part.xyxy for part in parts]),
-        np.concatenate([part.classes for part in parts]),
-        np.concatenate([part.scores for part in parts]),
-    )
