@@ -9,15 +9,20 @@ from a checkpoint ever runs.
 
 from __future__ import annotations
 
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import SamModel
 
 from co2sam.models.lora import SplitQkv
+from co2sam.models.meta_checkpoint import (
+    CheckpointError,
+    load_renamed,
+    name_rules,
+    registered_variant,
+    rename_key,
+    save_checkpoint_file,
+)
 from co2sam.models.variants import SAM_VARIANTS, fingerprint
 
 TIED_KEY = "shared_image_embedding.positional_embedding"
@@ -67,39 +72,19 @@ _PLACEHOLDERS = {
     "mlp": r"iou_prediction_head|output_hypernetworks_mlps\.\d+",
     "rest": r".+",
 }
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name, regex in _PLACEHOLDERS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{regex})")
-    return re.compile(pattern)
-
-
-_META_TO_HF = [(_compile(meta), hf) for meta, hf in _NAME_TABLE]
-_HF_TO_META = [(_compile(hf), meta) for meta, hf in _NAME_TABLE]
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, template in rules:
-        match = pattern.fullmatch(key)
-        if match:
-            return template.format(**match.groupdict())
-    return key  # identical in both layouts (attention and MLP weights of the decoder, ...)
+_META_TO_HF, _HF_TO_META = name_rules(_NAME_TABLE, _PLACEHOLDERS)
 
 
 def meta_to_hf_key(key: str) -> str:
     """A Meta SAM state-dict key -> the transformers ``SamModel`` key."""
-    return _rename(key, _META_TO_HF)
+    renamed = rename_key(key, _META_TO_HF)
+    return key if renamed is None else renamed  # the same in both layouts (decoder MLPs, ...)
 
 
 def hf_to_meta_key(key: str) -> str:
     """A transformers ``SamModel`` state-dict key -> the Meta SAM key."""
-    return _rename(key, _HF_TO_META)
-
-
-class CheckpointError(ValueError):
-    """A SAM checkpoint file cannot be used (unreadable, unknown architecture, bad keys)."""
+    renamed = rename_key(key, _HF_TO_META)
+    return key if renamed is None else renamed
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -136,13 +121,13 @@ def _official_fingerprint(state: dict[str, torch.Tensor]) -> dict[str, int]:
 def detect_variant(state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> str:
     """The registered variant whose encoder width, depth and input size match the weights."""
     found = _official_fingerprint(state)
-    for name, builder in SAM_VARIANTS.items():
-        reference = fingerprint(builder())
-        if all(reference[key] == value for key, value in found.items()):
-            return name
-    raise CheckpointError(
-        f"{path}: no registered SAM variant has an image encoder with {found}; "
-        f"registered: {', '.join(SAM_VARIANTS)}."
+
+    def matches(config) -> bool:
+        reference = fingerprint(config)
+        return all(reference[key] == value for key, value in found.items())
+
+    return registered_variant(
+        SAM_VARIANTS, matches, path, f"SAM variant has an image encoder with {found}"
     )
 
 
@@ -162,22 +147,16 @@ def load_official_state_dict(
     if pe_key in converted:
         converted[TIED_KEY] = converted[pe_key]
     expected = model.state_dict()
-    missing = [hf_to_meta_key(k) for k in expected if k not in converted]
     unexpected = [k for k in state if meta_to_hf_key(k) not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match SAM {fingerprint(model.config)}: "
-            f"missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
-            + (" (and more)" if len(missing) > 10 or len(unexpected) > 10 else "")
-        )
-    for key, tensor in converted.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{path}: {hf_to_meta_key(key)!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(converted, strict=True)
-    return model
+    return load_renamed(
+        model,
+        converted,
+        expected,
+        unexpected,
+        path=path,
+        described=f"SAM {fingerprint(model.config)}",
+        meta_name=hf_to_meta_key,
+    )
 
 
 def load_official_checkpoint(path: str | Path) -> SamModel:
@@ -213,15 +192,4 @@ def official_state_dict(model: SamModel) -> dict[str, torch.Tensor]:
 
 def export_official_checkpoint(model: SamModel, path: str | Path) -> Path:
     """Write ``model`` as a Meta SAM ``.pth`` (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = official_state_dict(model)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
+    return save_checkpoint_file(official_state_dict(model), path)

@@ -16,16 +16,21 @@ prompt encoder's random Fourier matrix (``shared_image_embedding``).
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import Sam2Model
 
 from co2sam.models.lora import SplitQkv
-from co2sam.models.official import CheckpointError
+from co2sam.models.meta_checkpoint import (
+    CheckpointError,
+    load_renamed,
+    name_rules,
+    registered_variant,
+    rename_key,
+    save_checkpoint_file,
+)
 from co2sam.models.sam2 import SAM2_VARIANTS, build_sam2, sam2_fingerprint
 
 TRUNK = "image_encoder.trunk."
@@ -106,35 +111,17 @@ _PLACEHOLDERS = {
     r"|final_attn_token_to_image",
     "rest": r".+",
 }
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name, regex in _PLACEHOLDERS.items():
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{regex})")
-    return re.compile(pattern)
-
-
-_META_TO_HF = [(_compile(meta), hf) for meta, hf in _NAME_TABLE]
-_HF_TO_META = [(_compile(hf), meta) for meta, hf in _NAME_TABLE]
-
-
-def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, template in rules:
-        match = pattern.fullmatch(key)
-        if match:
-            return template.format(**match.groupdict())
-    return None
+_META_TO_HF, _HF_TO_META = name_rules(_NAME_TABLE, _PLACEHOLDERS)
 
 
 def meta_to_hf_key(key: str) -> str | None:
     """A Meta SAM 2 image-path key -> the ``Sam2Model`` key (None: no such image-path key)."""
-    return _rename(key, _META_TO_HF)
+    return rename_key(key, _META_TO_HF)
 
 
 def hf_to_meta_key(key: str) -> str | None:
     """A ``Sam2Model`` key -> the Meta SAM 2 key (None: not a mapped key)."""
-    return _rename(key, _HF_TO_META)
+    return rename_key(key, _HF_TO_META)
 
 
 def is_sam2_state(state: dict[str, torch.Tensor]) -> bool:
@@ -154,16 +141,14 @@ def detect_sam2_variant(state: dict[str, torch.Tensor], path: str | Path = "chec
         raise CheckpointError(f"{path}: not a SAM 2 image encoder: missing key {error}") from error
     blocks = {key.split(".")[3] for key in state if key.startswith(TRUNK + "blocks.")}
     found = {"width": width, "depth": len(blocks)}
-    for name, builder in SAM2_VARIANTS.items():
-        reference = sam2_fingerprint(builder())
-        if (reference["embed_dim_per_stage"][0], sum(reference["blocks_per_stage"])) == (
-            width,
-            len(blocks),
-        ):
-            return name
-    raise CheckpointError(
-        f"{path}: no registered SAM 2 variant has a Hiera trunk with {found}; "
-        f"registered: {', '.join(SAM2_VARIANTS)}."
+
+    def matches(config) -> bool:
+        reference = sam2_fingerprint(config)
+        width_depth = reference["embed_dim_per_stage"][0], sum(reference["blocks_per_stage"])
+        return width_depth == (width, len(blocks))
+
+    return registered_variant(
+        SAM2_VARIANTS, matches, path, f"SAM 2 variant has a Hiera trunk with {found}"
     )
 
 
@@ -189,21 +174,15 @@ def load_sam2_state_dict(
         converted[POINT_KEY] = torch.cat([state[key] for key in points])
     if PE_KEY in converted:
         converted[SHARED_KEY] = converted[PE_KEY]
-    missing = [hf_to_meta_key(k) or k for k in expected if k not in converted]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match SAM 2 {sam2_fingerprint(model.config)}: "
-            f"missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
-            + (" (and more)" if len(missing) > 10 or len(unexpected) > 10 else "")
-        )
-    for key, tensor in converted.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{path}: {hf_to_meta_key(key) or key!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(expected[key].shape)}"
-            )
-    model.load_state_dict(converted, strict=True)
-    return model
+    return load_renamed(
+        model,
+        converted,
+        expected,
+        unexpected,
+        path=path,
+        described=f"SAM 2 {sam2_fingerprint(model.config)}",
+        meta_name=lambda key: hf_to_meta_key(key) or key,
+    )
 
 
 def load_sam2_state(state: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> Sam2Model:
@@ -251,15 +230,4 @@ def export_sam2_checkpoint(model: Sam2Model, path: str | Path) -> Path:
     Meta's own video builder also expects the memory modules, which a ``Sam2Model``
     does not have; co2sam (``load_sam``) reads the file back.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = sam2_official_state_dict(model)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save({"model": state}, temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-    return path
+    return save_checkpoint_file({"model": sam2_official_state_dict(model)}, path)
