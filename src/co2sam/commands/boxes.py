@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from co2sam.commands.common import ConfigOption, SetOption, console, fail, resolve_config
+from co2sam.commands.common import (
+    ConfigOption,
+    DataRootOption,
+    SetOption,
+    console,
+    fail,
+    resolve_config,
+)
 from co2sam.commands.guards import (
     DevicesOption,
     NumNodesOption,
@@ -22,7 +29,7 @@ def boxes(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     split: str | None = typer.Option(None, help="Split to detect (default: data.train_split)."),
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    data_root: Path | None = DataRootOption,
     detector: str | None = typer.Option(
         None,
         help="Detector hub id or local folder: Grounding DINO, or SAM 3 (facebook/sam3) "
@@ -106,7 +113,7 @@ def import_boxes(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     split: str | None = typer.Option(None, help="Split the detections belong to."),
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    data_root: Path | None = DataRootOption,
     category_ids: str = typer.Option(
         "auto", help="coco (sparse COCO ids), contiguous (1..C) or auto (coco for COCO classes)."
     ),

@@ -37,6 +37,20 @@ SAM_HELP = (
 )
 """What ``--sam`` accepts (:func:`co2sam.sam.load_sam`)."""
 
+DataRootOption = typer.Option(None, help="Dataset root (data.root).")
+
+# The options of the commands that segment with SAM (evaluate, pseudo-labels, predict).
+AdapterOption = typer.Option(None, help="Adapter folder (e.g. runs/voc/best).")
+AdapterSamOption = typer.Option(
+    None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
+)
+BoxSourceOption = typer.Option(
+    None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
+)
+LimitOption = typer.Option(None, help="Only the first N images.")
+BatchSizeOption = typer.Option(None, help="Images per forward pass.")
+DeviceOption = typer.Option(None, help="auto, cpu, cuda, cuda:N.")
+
 # The run options of the Fabric commands (train, distill).
 ExcludeOption = typer.Option(
     None,

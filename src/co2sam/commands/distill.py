@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from co2sam.commands.common import (
+    DataRootOption,
     ExcludeOption,
     RunFolderOption,
     SetOption,
@@ -29,7 +30,7 @@ DistillConfigOption = typer.Option(
 def distill(
     config: str | None = DistillConfigOption,
     overrides: list[str] | None = SetOption,
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    data_root: Path | None = DataRootOption,
     pseudo_labels: Path | None = typer.Option(
         None,
         help="Folder written by `co2sam pseudo-labels` (holds SegmentationClass/) "

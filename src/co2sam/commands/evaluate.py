@@ -9,8 +9,14 @@ from typing import Any
 import typer
 
 from co2sam.commands.common import (
-    SAM_HELP,
+    AdapterOption,
+    AdapterSamOption,
+    BatchSizeOption,
+    BoxSourceOption,
     ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    LimitOption,
     SetOption,
     console,
     fail,
@@ -29,15 +35,11 @@ def evaluate(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     split: str | None = typer.Option(None, help="Split to evaluate (default eval.split)."),
-    adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
+    adapter: str | None = AdapterOption,
     mode: str | None = typer.Option(None, help="label-guided, open or both (default eval.mode)."),
-    sam: str | None = typer.Option(
-        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
-    ),
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
-    boxes: str | None = typer.Option(
-        None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
-    ),
+    sam: str | None = AdapterSamOption,
+    data_root: Path | None = DataRootOption,
+    boxes: str | None = BoxSourceOption,
     detector: str | None = typer.Option(
         None,
         help="Detector hub id or folder, Grounding DINO or SAM 3 (facebook/sam3): the one "
@@ -53,9 +55,9 @@ def evaluate(
     overlays: bool | None = typer.Option(
         None, "--overlays/--no-overlays", help="Also write colour overlays."
     ),
-    limit: int | None = typer.Option(None, help="Only the first N images."),
-    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    limit: int | None = LimitOption,
+    batch_size: int | None = BatchSizeOption,
+    device: str | None = DeviceOption,
     voc_test_format: bool = typer.Option(
         False,
         show_default=False,
@@ -146,10 +148,10 @@ def run_evaluation(
         box_source_record,
         checkpoint_record,
         default_out_dir,
-        fingerprint,
         identity_of,
         processes_record,
         segment_split,
+        segmenter_identity,
         split_results,
         start_split_run,
     )
@@ -170,9 +172,7 @@ def run_evaluation(
             "dataset": cfg.data.dataset,
             "data_root": identity["data_root"],
             "split": split,
-            "segmenter": str(Path(segmenter).resolve()),
-            "segmenter_sha256": fingerprint(Path(segmenter) / "model.safetensors"),
-            "tta": tta,
+            **segmenter_identity(segmenter, tta),
         }
     identity.update(
         modes=list(modes),

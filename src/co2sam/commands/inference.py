@@ -42,6 +42,61 @@ def resolve_device(name: str) -> Any:
     return device
 
 
+def run_device(processes: Any, cfg: Any) -> Any:
+    """This process's device: its own GPU in a distributed run, else ``eval.device``."""
+    return processes.device if processes.distributed else resolve_device(cfg.eval.device)
+
+
+def base_sam(cfg: Any, sam: str | None) -> str | None:
+    """The SAM asked for: ``--sam``, else none with an adapter (its recorded base is used),
+    else ``model.sam``."""
+    return sam or (None if cfg.model.adapter else cfg.model.sam)
+
+
+def model_identity(cfg: Any, sam: str | None) -> dict[str, Any]:
+    """The adapter (named and fingerprinted) and SAM of a run's identity."""
+    from co2sam.models.adapter_io import WEIGHTS_FILE
+
+    adapter = cfg.model.adapter
+    return {
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "adapter_sha256": fingerprint(Path(adapter) / WEIGHTS_FILE) if adapter else None,
+        "sam": base_sam(cfg, sam),
+    }
+
+
+def segmenter_identity(segmenter: Path, tta: bool | None) -> dict[str, Any]:
+    """A ``co2sam distill`` segmenter folder (named and fingerprinted) and its TTA setting."""
+    return {
+        "segmenter": str(Path(segmenter).resolve()),
+        "segmenter_sha256": fingerprint(Path(segmenter) / "model.safetensors"),
+        "tta": tta,
+    }
+
+
+def open_output_folder(
+    out_dir: Path, identity: dict, outputs: Sequence[str], *, overwrite: bool, processes: Any
+) -> Any:
+    """The command's :class:`co2sam.output_folder.OutputFolder`, opened (new, or resumed
+    when ``identity`` matches); a refusal exits with its message."""
+    from co2sam.data.preflight import SKIPPED_FILE
+    from co2sam.output_folder import OutputFolder, OutputFolderError
+
+    folder = OutputFolder(
+        out_dir,
+        identity,
+        outputs=outputs,
+        per_run=(SKIPPED_FILE,),
+        overwrite=overwrite,
+        processes=processes,
+    )
+    try:
+        folder.open()
+    except OutputFolderError as error:
+        fail(str(error))
+    return folder
+
+
 def load_segmenter(sam: str | None, adapter: str | None, device: Any) -> tuple[Any, str]:
     """A Segmenter (of the model's family) on ``device`` and the source it was built from.
 
@@ -223,10 +278,8 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
     or a box cache made again is another run, not one to resume. ``--limit`` is part of
     it: a report covers the images its folder holds, never the first N of them.
     """
-    from co2sam.models.adapter_io import WEIGHTS_FILE
     from co2sam.prompts.source import default_cache_path
 
-    adapter = cfg.model.adapter
     source = boxes or cfg.prompts.source
     cache = None
     if source == "cache":
@@ -238,9 +291,7 @@ def identity_of(command: str, cfg: Any, split: str, sam: str | None, boxes: str 
         "dataset": cfg.data.dataset,
         "data_root": str(Path(cfg.data.root).resolve()) if cfg.data.root else "",
         "split": split,
-        "adapter": str(Path(adapter).resolve()) if adapter else None,
-        "adapter_sha256": fingerprint(Path(adapter) / WEIGHTS_FILE) if adapter else None,
-        "sam": sam or (None if adapter else cfg.model.sam),
+        **model_identity(cfg, sam),
         "boxes": source,
         "box_cache": str(cache.resolve()) if cache else None,
         "box_cache_sha256": fingerprint(cache) if cache else None,
@@ -286,25 +337,15 @@ def start_split_run(
         ``pseudo-labels``: only for oracle boxes): the pre-flight checks only what is read.
     """
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
-    from co2sam.output_folder import OutputFolder, OutputFolderError
 
     processes = launch(devices, num_nodes, cfg.eval.device)
-    device = processes.device if processes.distributed else resolve_device(cfg.eval.device)
+    device = run_device(processes, cfg)
     dataset = load_split(cfg, split, check_masks=not cfg.data.preflight)
     if cfg.eval.limit is not None:
         dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
-    folder = OutputFolder(
-        out_dir,
-        identity,
-        outputs=outputs,
-        per_run=(SKIPPED_FILE,),
-        overwrite=overwrite,
-        processes=processes,
+    folder = open_output_folder(
+        out_dir, identity, outputs, overwrite=overwrite, processes=processes
     )
-    try:
-        folder.open()
-    except OutputFolderError as error:
-        fail(str(error))
     skipped_file = out_dir / SKIPPED_FILE
     try:
         dataset = checked_dataset(
@@ -322,9 +363,7 @@ def start_split_run(
             from co2sam.inference.sam import SamPredictor
 
             source = SkipPlaceholders(resolve_boxes(cfg, split, dataset, boxes))
-            model, base = load_segmenter(
-                sam or (None if cfg.model.adapter else cfg.model.sam), cfg.model.adapter, device
-            )
+            model, base = load_segmenter(base_sam(cfg, sam), cfg.model.adapter, device)
             predictor = SamPredictor(
                 model, source, len(dataset.class_names), compat=cfg.eval.compat
             )

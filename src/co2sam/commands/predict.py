@@ -9,8 +9,10 @@ from typing import Any
 import typer
 
 from co2sam.commands.common import (
-    SAM_HELP,
+    AdapterOption,
+    AdapterSamOption,
     ConfigOption,
+    DeviceOption,
     SetOption,
     console,
     fail,
@@ -35,10 +37,8 @@ def predict(
     classes: str | None = typer.Option(
         None, help='Comma-separated class names, e.g. "dog,sofa" (default: the config\'s dataset).'
     ),
-    sam: str | None = typer.Option(
-        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
-    ),
-    adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
+    sam: str | None = AdapterSamOption,
+    adapter: str | None = AdapterOption,
     detector: str | None = typer.Option(
         None,
         help="Detector hub id or folder (Grounding DINO, or SAM 3: facebook/sam3): "
@@ -51,7 +51,7 @@ def predict(
     overwrite: bool = typer.Option(
         False, help="Replace an output folder of another prediction run instead of refusing."
     ),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    device: str | None = DeviceOption,
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
     segmenter: Path | None = typer.Option(
@@ -71,15 +71,17 @@ def predict(
     With --devices N (--num-nodes M) the images are shared among the processes.
     """
     from co2sam.commands.inference import (
+        base_sam,
         fingerprint,
         load_segmenter,
         load_segmenter_folder,
-        resolve_device,
+        model_identity,
+        open_output_folder,
+        run_device,
+        segmenter_identity,
     )
     from co2sam.data.preflight import SKIPPED_FILE, SkipLog
     from co2sam.inference.sam import SamPredictor
-    from co2sam.models.adapter_io import WEIGHTS_FILE
-    from co2sam.output_folder import OutputFolder, OutputFolderError
     from co2sam.predict import list_images, output_names, predict_images
 
     if segmenter is not None:
@@ -108,11 +110,7 @@ def predict(
         "command": "predict",
         "images": str(images.resolve()),
         "classes": list(class_names),
-        "adapter": str(Path(cfg.model.adapter).resolve()) if cfg.model.adapter else None,
-        "adapter_sha256": fingerprint(Path(cfg.model.adapter) / WEIGHTS_FILE)
-        if cfg.model.adapter
-        else None,
-        "sam": sam or (None if cfg.model.adapter else cfg.model.sam),
+        **model_identity(cfg, sam),
         "detector": detector,
         "boxes": str(boxes.resolve()) if boxes else None,
         "boxes_sha256": fingerprint(boxes) if boxes else None,
@@ -120,30 +118,15 @@ def predict(
         "output_names": "file name",  # labels/<image file name>.png (folders of 0.x: stems)
     }
     if segmenter is not None:
-        identity.update(
-            segmenter=str(segmenter.resolve()),
-            segmenter_sha256=fingerprint(segmenter / "model.safetensors"),
-            tta=tta,
-        )
+        identity.update(segmenter_identity(segmenter, tta))
     with output_errors(out), ctrl_c_resumable("predict"):
-        folder = OutputFolder(
-            out,
-            identity,
-            outputs=PREDICT_OUTPUTS,
-            per_run=(SKIPPED_FILE,),
-            overwrite=overwrite,
-            processes=processes,
+        folder = open_output_folder(
+            out, identity, PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
         )
-        try:
-            folder.open()
-        except OutputFolderError as error:
-            fail(str(error))
         try:
             done = folder.done
             todo = processes.shard([path for path in image_paths if names[path] not in done])
-            device_used = (
-                processes.device if processes.distributed else resolve_device(cfg.eval.device)
-            )
+            device_used = run_device(processes, cfg)
             if segmenter is not None:
                 predictor, _ = load_segmenter_folder(segmenter, device_used, tta=tta)
                 base = f"segmenter {segmenter} ({predictor.describe()})"
@@ -151,11 +134,7 @@ def predict(
                 if processes.distributed:
                     cfg.prompts.device = str(processes.device)  # the detector runs beside SAM
                 boxes_fn = _boxes_fn(cfg, class_names, detector, boxes)
-                model, base = load_segmenter(
-                    sam or (None if cfg.model.adapter else cfg.model.sam),
-                    cfg.model.adapter,
-                    device_used,
-                )
+                model, base = load_segmenter(base_sam(cfg, sam), cfg.model.adapter, device_used)
                 predictor = SamPredictor(
                     model, lambda sample: boxes_fn(sample.id, sample.image), len(class_names)
                 )

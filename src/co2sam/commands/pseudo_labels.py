@@ -8,8 +8,14 @@ from typing import Any
 import typer
 
 from co2sam.commands.common import (
-    SAM_HELP,
+    AdapterOption,
+    AdapterSamOption,
+    BatchSizeOption,
+    BoxSourceOption,
     ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    LimitOption,
     SetOption,
     console,
     fail,
@@ -37,17 +43,13 @@ def pseudo_labels(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     split: str | None = typer.Option(None, help="Split to label (default data.train_split)."),
-    adapter: str | None = typer.Option(None, help="Adapter folder (e.g. runs/voc/best)."),
+    adapter: str | None = AdapterOption,
     mode: str = typer.Option(
         "label-guided", help="label-guided (image labels filter classes; default) or open."
     ),
-    sam: str | None = typer.Option(
-        None, help=f"{SAM_HELP}; default: the adapter's base, else model.sam."
-    ),
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
-    boxes: str | None = typer.Option(
-        None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
-    ),
+    sam: str | None = AdapterSamOption,
+    data_root: Path | None = DataRootOption,
+    boxes: str | None = BoxSourceOption,
     detector: str | None = typer.Option(
         None,
         help="Detector (Grounding DINO, or SAM 3: facebook/sam3) the box cache was made "
@@ -59,9 +61,9 @@ def pseudo_labels(
     overwrite: bool = typer.Option(
         False, help="Replace the output folder of another run instead of refusing."
     ),
-    limit: int | None = typer.Option(None, help="Only the first N images."),
-    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    limit: int | None = LimitOption,
+    batch_size: int | None = BatchSizeOption,
+    device: str | None = DeviceOption,
     skip_bad: bool = SkipBadOption,
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,

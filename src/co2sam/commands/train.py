@@ -9,6 +9,7 @@ import typer
 from co2sam.commands.common import (
     SAM_HELP,
     ConfigOption,
+    DataRootOption,
     ExcludeOption,
     RunFolderOption,
     SetOption,
@@ -30,7 +31,7 @@ BOX_SOURCES = ("cache", "detector", "oracle")
 def train(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
-    data_root: Path | None = typer.Option(None, help="Dataset root (data.root)."),
+    data_root: Path | None = DataRootOption,
     sam: str | None = typer.Option(None, help=f"{SAM_HELP} (model.sam)."),
     boxes: str | None = typer.Option(
         None,
