@@ -120,16 +120,18 @@ def _scores_of_present_classes(
     return present, per_class
 
 
-def _filtered(
+def _checked_boxes(
     mask_logits: torch.Tensor,
     box_classes: torch.Tensor,
     box_scores: torch.Tensor,
     num_classes: int,
-    allowed_classes: Sequence[int] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Check shapes and classes; drop boxes outside ``allowed_classes``."""
+    layout: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``box_classes`` (int64) and ``box_scores`` as (N,) tensors on the masks' device,
+    checked against the (N, H, W) ``mask_logits`` (``layout`` names that shape in the
+    error) and the class range 0..num_classes-1."""
     if mask_logits.ndim != 3:
-        raise ValueError(f"mask_logits must be (N, H, W), got shape {tuple(mask_logits.shape)}")
+        raise ValueError(f"mask_logits must be {layout}, got shape {tuple(mask_logits.shape)}")
     device = mask_logits.device
     box_classes = torch.as_tensor(box_classes, device=device).long().reshape(-1)
     box_scores = torch.as_tensor(box_scores, device=device).reshape(-1)
@@ -140,6 +142,21 @@ def _filtered(
         )
     if len(box_classes) and (box_classes.min() < 0 or box_classes.max() >= num_classes):
         raise ValueError(f"box classes must be in 0..{num_classes - 1}, got {box_classes.tolist()}")
+    return box_classes, box_scores
+
+
+def _filtered(
+    mask_logits: torch.Tensor,
+    box_classes: torch.Tensor,
+    box_scores: torch.Tensor,
+    num_classes: int,
+    allowed_classes: Sequence[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check shapes and classes; drop boxes outside ``allowed_classes``."""
+    box_classes, box_scores = _checked_boxes(
+        mask_logits, box_classes, box_scores, num_classes, "(N, H, W)"
+    )
+    device = mask_logits.device
     keep = box_classes > 0  # class 0: the phrase matched no class
     if allowed_classes is not None:
         allowed = torch.as_tensor(list(allowed_classes), dtype=torch.int64, device=device)
@@ -184,18 +201,10 @@ def reference_semantic_map(
        published order whose channel is 0 there (class 1, VOC's aeroplane, unless that
        class has a box of its own there), not to background.
     """
-    if mask_logits.ndim != 3:
-        raise ValueError(f"mask_logits must be (N, h, w), got shape {tuple(mask_logits.shape)}")
+    box_classes, box_scores = _checked_boxes(
+        mask_logits, box_classes, box_scores, num_classes, "(N, h, w)"
+    )
     device = mask_logits.device
-    box_classes = torch.as_tensor(box_classes, device=device).long().reshape(-1)
-    box_scores = torch.as_tensor(box_scores, device=device).reshape(-1)
-    if not len(mask_logits) == len(box_classes) == len(box_scores):
-        raise ValueError(
-            f"{len(mask_logits)} masks but {len(box_classes)} box classes and "
-            f"{len(box_scores)} box scores"
-        )
-    if len(box_classes) and (box_classes.min() < 0 or box_classes.max() >= num_classes):
-        raise ValueError(f"box classes must be in 0..{num_classes - 1}, got {box_classes.tolist()}")
     objects = num_classes - 1
     channel_of_class = torch.where(box_classes > 0, box_classes - 1, objects)  # published order
     stack = torch.zeros((num_classes, *mask_logits.shape[-2:]), device=device)
