@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from co2sam.classes import IGNORE_INDEX
 from co2sam.data.image_io import DatasetError, read_image, read_label_png
 from co2sam.distill.augment import TrainAugment
+from co2sam.train.data import EpochSeeded
 
 LABEL_FOLDER = "SegmentationClass"
 CONFIDENCE_FOLDER = "Confidence"
@@ -163,7 +164,7 @@ def check_pseudo_labels(
         )
 
 
-class PseudoLabelSet(Dataset):
+class PseudoLabelSet(EpochSeeded, Dataset):
     """Training crops of a split with pseudo-labels: item -> (pixels, label).
 
     pixels: (3, S, S) float32 normalised; label: (S, S) int64, 255 = ignore (padding,
@@ -187,13 +188,6 @@ class PseudoLabelSet(Dataset):
         self.min_confidence = min_confidence
         self.ids = list(dataset.ids if ids is None else ids)
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call before iterating an epoch (workers receive a copy made at that moment)."""
-        self.epoch = int(epoch)
-
-    def sample_rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def __len__(self) -> int:
         return len(self.ids)

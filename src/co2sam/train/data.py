@@ -75,7 +75,26 @@ ViewsFn = Callable[[np.ndarray, np.ndarray, np.random.Generator], Any]
 """``(image HWC uint8, boxes (N, 4) original frame, rng) -> ViewPair`` (data.views)."""
 
 
-class TrainingSet(Dataset):
+class EpochSeeded:
+    """Per-sample RNGs fixed by (seed, epoch, index) alone, so a resumed run, any number
+    of loader workers and any process draw the same augmentation for a sample.
+
+    Subclasses set ``seed`` (and start at epoch 0) in their ``__init__``.
+    """
+
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating an epoch (workers receive a copy made at that moment)."""
+        self.epoch = int(epoch)
+
+    def sample_rng(self, index: int) -> np.random.Generator:
+        """The augmentation RNG of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+
+class TrainingSet(EpochSeeded, Dataset):
     """Samples of ``dataset`` turned into :class:`TrainItem` (boxes, weak and strong views).
 
     dataset: a torch Dataset of :class:`Sample` (any split loader, or a Subset of one).
@@ -102,14 +121,6 @@ class TrainingSet(Dataset):
         self.seed = int(seed)
         self.flip_boxes = flip_boxes
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Call before iterating an epoch (workers receive a copy made at that moment)."""
-        self.epoch = int(epoch)
-
-    def sample_rng(self, index: int) -> np.random.Generator:
-        """The augmentation RNG of sample ``index`` in the current epoch."""
-        return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def __len__(self) -> int:
         return len(self.dataset)
