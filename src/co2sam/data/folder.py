@@ -65,18 +65,25 @@ def read_labels_file(path: Path, class_names: tuple[str, ...]) -> dict[str, list
                 names = [names]
             labels[key] = sorted({_class_index(n, class_names, where, lookup) for n in names})
         return labels
+    for number, key, names in _csv_label_rows(path):
+        where = f"{path}, line {number}"
+        labels[key] = sorted({_class_index(n, class_names, where, lookup) for n in names})
+    return labels
+
+
+def _csv_label_rows(path: Path) -> list[tuple[int, str, list[str]]]:
+    """``(line number, image key, label names)`` per entry of a ``labels.csv`` (an
+    optional header line, blank lines skipped; names split on ``;`` and stripped)."""
+    rows = []
     with path.open(newline="") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             if not row or not row[0].strip():
                 continue
             if number == 1 and row[0].strip().lower() in ("image", "file", "filename", "name"):
                 continue
-            where = f"{path}, line {number}"
-            names = [n for n in (row[1] if len(row) > 1 else "").split(";") if n.strip()]
-            labels[row[0].strip()] = sorted(
-                {_class_index(n, class_names, where, lookup) for n in names}
-            )
-    return labels
+            names = [n.strip() for n in (row[1] if len(row) > 1 else "").split(";") if n.strip()]
+            rows.append((number, row[0].strip(), names))
+    return rows
 
 
 class FolderDataset(SegmentationDataset):
@@ -227,12 +234,4 @@ def _label_rows(path: Path) -> list[tuple[str, list[str], str]]:
             if isinstance(names, list):
                 rows.append((key, [str(n).strip() for n in names], f"line {line}"))
         return rows
-    with path.open(newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or not row[0].strip():
-                continue
-            if number == 1 and row[0].strip().lower() in ("image", "file", "filename", "name"):
-                continue
-            names = [n.strip() for n in (row[1] if len(row) > 1 else "").split(";") if n.strip()]
-            rows.append((row[0].strip(), names, f"line {number}"))
-    return rows
+    return [(key, names, f"line {number}") for number, key, names in _csv_label_rows(path)]
