@@ -15,6 +15,7 @@ mask is refused: its colours cannot be mapped to classes without the palette.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,17 @@ DATASET_FIX = "re-download it or remove it from the split list"
 def _open(path: Path, fix: str = DATASET_FIX) -> Image.Image:
     if not path.is_file():
         raise DatasetError(f"image not found: {path} (check data.root and the split list)")
+    return _loaded(
+        path,
+        lambda error: DatasetError(
+            f"cannot read {path}: {error} (the file is truncated or not an image; {fix})"
+        ),
+    )
+
+
+def _loaded(path: Path, unreadable: Callable[[Exception], DatasetError]) -> Image.Image:
+    """``path`` opened and decoded by Pillow; a file it cannot read raises
+    ``unreadable(error)``."""
     image = None
     try:
         image = Image.open(path)
@@ -65,9 +77,7 @@ def _open(path: Path, fix: str = DATASET_FIX) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         if image is not None:
             image.close()  # a failed load() leaves the file open
-        raise DatasetError(
-            f"cannot read {path}: {error} (the file is truncated or not an image; {fix})"
-        ) from error
+        raise unreadable(error) from error
     return image
 
 
@@ -182,14 +192,10 @@ def read_label_png(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MaskError(f"mask not found: {path}", path)
-    image = None
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        if image is not None:
-            image.close()  # a failed load() leaves the file open
-        raise MaskError(f"cannot read mask {path}: {error} (re-create the file)", path) from error
+    image = _loaded(
+        path,
+        lambda error: MaskError(f"cannot read mask {path}: {error} (re-create the file)", path),
+    )
     if image.mode in ("P", "L"):
         return np.array(image, dtype=np.uint8)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
