@@ -228,16 +228,9 @@ class Sam2Segmenter(Segmenter):
     def decode_flat(
         self, features: ImageFeatures, image_index: torch.Tensor, flat_boxes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sam = self.sam
         selected = features[image_index]
-        sparse, dense = sam.prompt_encoder(
-            input_points=None,
-            input_labels=None,
-            input_boxes=flat_boxes[:, None, :].float(),
-            input_masks=None,
-        )
-        positional = sam.get_image_wide_positional_embeddings().repeat(len(flat_boxes), 1, 1, 1)
-        masks, iou, _, _ = sam.mask_decoder(
+        sparse, dense, positional = self.box_prompts(flat_boxes)
+        masks, iou, _, _ = self.sam.mask_decoder(
             image_embeddings=selected.embeddings,
             image_positional_embeddings=positional,
             sparse_prompt_embeddings=sparse,

@@ -253,6 +253,22 @@ class Segmenter(nn.Module):
             MaskOutput(m, s) for m, s in zip(masks.split(counts), iou.split(counts), strict=True)
         ]
 
+    def box_prompts(
+        self, flat_boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt encoder on (N, 4) XYXY boxes (S frame), one box per prompt: sparse
+        and dense prompt embeddings and the image-wide positional embedding, repeated N
+        times (what the mask decoder takes with N image embeddings)."""
+        sam = self.sam
+        sparse, dense = sam.prompt_encoder(
+            input_points=None,
+            input_labels=None,
+            input_boxes=flat_boxes[:, None, :].float(),
+            input_masks=None,
+        )
+        positional = sam.get_image_wide_positional_embeddings().repeat(len(flat_boxes), 1, 1, 1)
+        return sparse, dense, positional
+
     def decode_flat(
         self, features: torch.Tensor, image_index: torch.Tensor, flat_boxes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,15 +278,8 @@ class Segmenter(nn.Module):
         flat_boxes: (N, 4) XYXY, S frame. Returns mask logits with N * 4s * 4s elements
         and N IoU predictions (any shape with those counts; ``decode`` reshapes).
         """
-        sam = self.sam
-        sparse, dense = sam.prompt_encoder(
-            input_points=None,
-            input_labels=None,
-            input_boxes=flat_boxes[:, None, :].float(),
-            input_masks=None,
-        )
-        positional = sam.get_image_wide_positional_embeddings().repeat(len(flat_boxes), 1, 1, 1)
-        masks, iou = sam.mask_decoder(
+        sparse, dense, positional = self.box_prompts(flat_boxes)
+        masks, iou = self.sam.mask_decoder(
             image_embeddings=features[image_index],
             image_positional_embeddings=positional,
             sparse_prompt_embeddings=sparse,
