@@ -5,14 +5,11 @@ LOCAL_RANK and joins them). Each takes one image of every two-image step and hal
 validation images; rank 0 writes the run folder.
 """
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from ddp_support import run_two_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -55,31 +52,7 @@ def test_two_processes_end_with_the_same_network(tmp_path):
     )  # fmt: skip
     script = tmp_path / "distill_ddp.py"
     script.write_text(SCRIPT)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    processes = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
-        env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(voc), str(tmp_path)],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=180)
-            assert process.returncode == 0, output[-3000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    run_two_ranks(script, [voc, tmp_path], tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["step"] == ranks[1]["step"] == 4
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 2  # 4 images, 2 per step

@@ -7,15 +7,12 @@ resumes a copy of the one-process folder cut short as by a kill.
 """
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from ddp_support import run_two_ranks
 from typer.testing import CliRunner
 
 from co2sam.cli import app
@@ -60,34 +57,6 @@ def _commands(root, work, adapter, images, out, devices=1):
     ]  # fmt: skip
 
 
-def _run_two_processes(script, commands_file, cwd):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    processes = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
-        env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(commands_file)],
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-        )
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=240)
-            assert process.returncode == 0, output[-4000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-
-
 def _pngs(folder):
     return {path.name: path.read_bytes() for path in sorted(folder.glob("*.png"))}
 
@@ -129,7 +98,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
                                   _commands(root, tmp_path, adapter, images, two, 2)))  # fmt: skip
     script = tmp_path / "sharded.py"
     script.write_text(SCRIPT)
-    _run_two_processes(script, commands, tmp_path)
+    run_two_ranks(script, [commands], tmp_path, timeout=240, tail=4000)
 
     assert (two / "val.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
     first, second = (json.loads((run / "eval" / "report.json").read_text()) for run in (one, two))

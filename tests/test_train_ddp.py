@@ -7,12 +7,12 @@ sees LOCAL_RANK and joins them), so their imports overlap.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 
 import torch
+from ddp_support import run_two_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -53,33 +53,7 @@ def _launch(script_text, tmp_path, *args):
     """Run ``script_text`` as ranks 0 and 1 of one job; returns [(returncode, output)]."""
     script = tmp_path / "script.py"
     script.write_text(script_text)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    processes = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
-        env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), *map(str, args)],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    results = []
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=180)
-            results.append((process.returncode, output))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    return results
+    return run_two_ranks(script, args, tmp_path, check=False)
 
 
 def test_ddp_two_processes_end_with_the_same_adapter(tmp_path):

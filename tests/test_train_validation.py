@@ -1,14 +1,11 @@
 """Per-epoch validation: on every process (sharded, summed), never on training images."""
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from ddp_support import run_two_ranks
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -150,31 +147,7 @@ def test_validation_is_sharded_over_processes_and_summed(tmp_path):
                            splits={"train": 4, "val": 5})  # fmt: skip
     script = tmp_path / "validate_ddp.py"
     script.write_text(SCRIPT)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    processes = []
-    for rank in (0, 1):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK="0")
-        env.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(data_root), str(tmp_path)],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )  # fmt: skip
-        )
-    try:
-        for process in processes:
-            output, _ = process.communicate(timeout=180)
-            assert process.returncode == 0, output[-3000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    run_two_ranks(script, [data_root, tmp_path], tmp_path)
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert first["best"] == second["best"] and first["best"] is not None
     assert first["history"][:1] == second["history"]  # both ranks saw the same numbers
