@@ -6,10 +6,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 import pytest
+from process_support import descendants, running, wait_gone
 
 from co2sam.data.synthetic import make_synthetic_dataset
 from co2sam.parallel import LAUNCHER_ENV
@@ -54,42 +53,10 @@ SLOW_CLI = textwrap.dedent(
 )
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found += [child, *_descendants(child)]
-    return found
-
-
-def _running(pid: int) -> bool:
-    """A zombie (killed, not yet reaped) counts as gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    state = next(line for line in status.splitlines() if line.startswith("State:"))
-    return "Z" not in state.split()[1]
-
-
-def _wait_gone(pids: list[int], seconds: float = 4.0) -> list[int]:
-    """The pids still running after up to ``seconds`` (torch's own idle check is 5 s)."""
-    deadline = time.monotonic() + seconds
-    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [pid for pid in pids if _running(pid)]
-
-
 def _kill_all(process, pids):
     """Test clean-up: the command and whatever it left (when the test failed)."""
     for pid in [process.pid, *pids]:
-        if _running(pid):
+        if running(pid):
             os.kill(pid, signal.SIGKILL)
     process.wait(timeout=30)
     process.stdout.close()
@@ -114,7 +81,7 @@ def _wait_for(process, ready):
     output = ""
     for line in process.stdout:
         output += line
-        found = _descendants(process.pid)
+        found = descendants(process.pid)
         if ready(output, found):
             return output, found
     raise AssertionError(f"the command ended first:\n{output[-3000:]}")
@@ -144,7 +111,7 @@ def test_kill_9_of_evaluate_leaves_no_loader_worker(tmp_path):
         _, workers = _wait_for(process, lambda out, found: "WORKING" in out and len(found) == 2)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-        assert not _wait_gone(workers), "evaluate's loader workers outlived kill -9"
+        assert not wait_gone(workers), "evaluate's loader workers outlived kill -9"
     finally:
         _kill_all(process, workers)
 
@@ -164,7 +131,7 @@ def test_kill_9_of_a_sharded_boxes_launcher_stops_the_other_process(tmp_path):
         process.wait(timeout=30)
         assert len(others) == 1, output[-3000:]
         # (the pipe stays open: a write to a closed one would end the process anyway)
-        assert not _wait_gone(others), "the second process went on with its shard after kill -9"
+        assert not wait_gone(others), "the second process went on with its shard after kill -9"
     finally:
         _kill_all(process, others)
 
@@ -184,6 +151,6 @@ def test_ctrl_c_of_a_sharded_evaluation_stops_every_process_with_130(tmp_path):
         assert process.returncode == 130, output[-3000:]
         said = " ".join(output.split())
         assert "run the same `co2sam evaluate` command again to continue" in said
-        assert not _wait_gone(others), "a process or loader worker outlived Ctrl-C"
+        assert not wait_gone(others), "a process or loader worker outlived Ctrl-C"
     finally:
         _kill_all(process, others)

@@ -8,46 +8,23 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_support import CLI_WITH_STEP_LINES, small_train_data
 from typer.testing import CliRunner
 
 from co2sam.cli import app
 from co2sam.train.checkpoint import load_checkpoint
 from co2sam.train.interrupt import StopSignals, TrainingInterrupted
 
-# `co2sam train`, telling the test when each training step is done.
-CLI_WITH_STEP_LINES = textwrap.dedent(
-    """
-    from co2sam.cli import app
-    from co2sam.train import loop
-
-    real_step = loop.training_step
-
-    def step(*args, **kwargs):
-        result = real_step(*args, **kwargs)
-        print("STEP", flush=True)
-        return result
-
-    loop.training_step = step
-    app(prog_name="co2sam")
-    """
-)
 TOTAL_STEPS = 10
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from co2sam.data.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root, num_images=5, num_classes=2, image_size=48, seed=0, splits={"train": 3, "val": 2}
-    )
-    return root
+    return small_train_data(tmp_path_factory)
 
 
 def _train_args(data_root, run):

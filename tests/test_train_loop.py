@@ -6,6 +6,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from train_support import small_train_data
 
 from co2sam.config import load_config
 from co2sam.records import Boxes
@@ -16,13 +17,7 @@ from co2sam.train.loop import NonFiniteLossError, RunDirError, TrainingInterrupt
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from co2sam.data.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("synthetic")
-    make_synthetic_dataset(
-        root, num_images=5, num_classes=2, image_size=48, seed=0, splits={"train": 3, "val": 2}
-    )
-    return root
+    return small_train_data(tmp_path_factory)
 
 
 def _config(data_root, out_dir, *overrides):

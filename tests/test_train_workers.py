@@ -4,14 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from process_support import children, wait_gone
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
+from train_support import CLI_WITH_STEP_LINES
 from typer.testing import CliRunner
 
 from co2sam.cli import app
@@ -19,23 +18,6 @@ from co2sam.train.workers import WorkerGuard
 
 LINUX = sys.platform.startswith("linux")
 
-# `co2sam train`, telling the test when each training step is done.
-CLI_WITH_STEP_LINES = textwrap.dedent(
-    """
-    from co2sam.cli import app
-    from co2sam.train import loop
-
-    real_step = loop.training_step
-
-    def step(*args, **kwargs):
-        result = real_step(*args, **kwargs)
-        print("STEP", flush=True)
-        return result
-
-    loop.training_step = step
-    app(prog_name="co2sam")
-    """
-)
 TOTAL_STEPS = 12
 
 
@@ -62,23 +44,6 @@ def test_guarded_workers_die_with_their_parent_and_leave_signals_to_it():
     assert report["ignored"] == [True, True]
     if LINUX:
         assert report["death_signal"] == signal.SIGKILL
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return children
-
-
-def _running(pid: int) -> bool:
-    """A zombie (killed, not yet reaped by init) counts as gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    state = next(line for line in status.splitlines() if line.startswith("State:"))
-    return "Z" not in state.split()[1]
 
 
 @pytest.mark.skipif(not LINUX, reason="reads worker pids from /proc")
@@ -118,7 +83,7 @@ def test_kill_9_leaves_no_worker_and_resumes_to_the_same_adapter(tmp_path):
     try:
         for line in process.stdout:  # into epoch 2 (3 steps per epoch), workers running
             output += line
-            if output.count("STEP") >= 7 and len(workers := _children(process.pid)) == 2:
+            if output.count("STEP") >= 7 and len(workers := children(process.pid)) == 2:
                 break
         assert len(workers) == 2, output[-3000:]
         process.send_signal(signal.SIGKILL)
@@ -128,10 +93,7 @@ def test_kill_9_leaves_no_worker_and_resumes_to_the_same_adapter(tmp_path):
             process.kill()
         process.stdout.close()
     # Within torch's own 5 s idle check, which a worker blocked on a full pipe never runs.
-    deadline = time.monotonic() + 4
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in workers if _running(pid)], "loader workers outlived kill -9"
+    assert not wait_gone(workers, 4), "loader workers outlived kill -9"
 
     runner = CliRunner()
     resumed = runner.invoke(
