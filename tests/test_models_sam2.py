@@ -6,23 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segmenter_support import checkpointed_gradients, segmenter_inputs
 
 from co2sam.models.sam2 import SAM2_VARIANTS, build_sam2, sam2_fingerprint
-from co2sam.sam import PIXEL_MEAN, PIXEL_STD, Sam2Segmenter, attach_lora, lora_parameters
+from co2sam.sam import PIXEL_MEAN, PIXEL_STD, Sam2Segmenter, attach_lora
 
 
 @pytest.fixture(scope="module")
 def model():
     return build_sam2("tiny_sam2").eval()
-
-
-def _inputs() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    boxes = [
-        torch.tensor([[10.0, 20.0, 90.0, 100.0], [0.0, 0.0, 60.0, 70.0]]),
-        torch.tensor([[30.0, 5.0, 120.0, 64.0]]),
-    ]
-    return pixels, boxes
 
 
 def test_images_are_stretched_to_the_square_input(model) -> None:
@@ -45,7 +37,7 @@ def test_images_are_stretched_to_the_square_input(model) -> None:
 
 def test_decoding_equals_transformers_sam2_forward(model) -> None:
     segmenter = Sam2Segmenter(model)
-    pixels, boxes = _inputs()
+    pixels, boxes = segmenter_inputs()
     with torch.no_grad():
         features = segmenter.encode(pixels)
         found = segmenter.decode(features, boxes)
@@ -70,7 +62,7 @@ def test_decoding_equals_transformers_sam2_forward(model) -> None:
 def test_one_mask_per_box_in_train_and_eval_mode(model) -> None:
     segmenter = Sam2Segmenter(model)
     assert model.mask_decoder.dynamic_multimask_via_stability is False
-    pixels, boxes = _inputs()
+    pixels, boxes = segmenter_inputs()
     with torch.no_grad():
         evaluated = segmenter(pixels, boxes)[1]
         segmenter.train()
@@ -84,31 +76,10 @@ def test_one_mask_per_box_in_train_and_eval_mode(model) -> None:
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch) -> None:
-    from co2sam.models import segmenter as segmenter_module
-
-    calls = []
-
-    def counting_checkpoint(function, *args, **kwargs):
-        calls.append(function)
-        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
-
-    monkeypatch.setattr(segmenter_module, "checkpoint", counting_checkpoint)
     segmenter = Sam2Segmenter(attach_lora(build_sam2("tiny_sam2")))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in lora_parameters(segmenter.model):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    pixels, boxes = _inputs()
-    gradients = []
-    for checkpointing in (False, True):
-        segmenter.gradient_checkpointing = checkpointing
-        embeddings, decoded = segmenter(pixels, boxes)
-        loss = embeddings.square().mean() + sum(d.low_res_logits.sigmoid().mean() for d in decoded)
-        gradients.append(torch.autograd.grad(loss, lora_parameters(segmenter.model)))
-    assert len(calls) == 5  # every encoder block ran checkpointed, once
-    for plain, recomputed in zip(*gradients, strict=True):
-        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
-    assert all(float(g.abs().sum()) > 0 for g in gradients[0])
+    gradients, calls = checkpointed_gradients(segmenter, monkeypatch)
+    assert calls == 5  # every encoder block ran checkpointed, once
+    assert all(float(g.abs().sum()) > 0 for g in gradients)
 
 
 def test_registered_sam2_1_architectures() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from segmenter_support import checkpointed_gradients, segmenter_inputs
 
 from co2sam.models.sam_hq import SAM_HQ_VARIANTS, build_sam_hq, hq_config
 from co2sam.models.variants import fingerprint, tiny
-from co2sam.sam import SamHQSegmenter, attach_lora, lora_parameters
+from co2sam.sam import SamHQSegmenter, attach_lora
 
 
 @pytest.fixture(scope="module")
@@ -15,19 +16,10 @@ def model():
     return build_sam_hq("tiny_hq").eval()
 
 
-def _inputs() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    pixels = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    boxes = [
-        torch.tensor([[10.0, 20.0, 90.0, 100.0], [0.0, 0.0, 60.0, 70.0]]),
-        torch.tensor([[30.0, 5.0, 120.0, 64.0]]),
-    ]
-    return pixels, boxes
-
-
 @pytest.mark.parametrize("hq_token_only", [False, True])
 def test_decoding_equals_transformers_samhq_forward(model, hq_token_only: bool) -> None:
     segmenter = SamHQSegmenter(model, hq_token_only=hq_token_only)
-    pixels, boxes = _inputs()
+    pixels, boxes = segmenter_inputs()
     with torch.no_grad():
         features = segmenter.encode(pixels)
         found = segmenter.decode(features, boxes)
@@ -50,7 +42,7 @@ def test_decoding_equals_transformers_samhq_forward(model, hq_token_only: bool) 
 
 def test_ragged_batches_decode_as_each_image_alone(model) -> None:
     segmenter = SamHQSegmenter(model)
-    pixels, (first, second) = _inputs()
+    pixels, (first, second) = segmenter_inputs()
     pixels = torch.cat([pixels, pixels[:1]])
     boxes = [first, torch.zeros(0, 4), second]
     with torch.no_grad():
@@ -64,7 +56,7 @@ def test_ragged_batches_decode_as_each_image_alone(model) -> None:
 
 
 def test_the_hq_path_changes_the_masks(model) -> None:
-    pixels, boxes = _inputs()
+    pixels, boxes = segmenter_inputs()
     with torch.no_grad():
         combined = SamHQSegmenter(model).decode(SamHQSegmenter(model).encode(pixels), boxes)
         hq_only = SamHQSegmenter(model, hq_token_only=True)
@@ -73,32 +65,10 @@ def test_the_hq_path_changes_the_masks(model) -> None:
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch) -> None:
-    from co2sam.models import segmenter as segmenter_module
-
-    calls = []
-
-    def counting_checkpoint(function, *args, **kwargs):
-        calls.append(function)
-        return torch.utils.checkpoint.checkpoint(function, *args, **kwargs)
-
-    monkeypatch.setattr(segmenter_module, "checkpoint", counting_checkpoint)
     segmenter = SamHQSegmenter(attach_lora(build_sam_hq("tiny_hq")))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in lora_parameters(segmenter.model):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    pixels, boxes = _inputs()
-    gradients = []
-    for checkpointing in (False, True):
-        segmenter.gradient_checkpointing = checkpointing
-        embeddings, decoded = segmenter(pixels, boxes)
-        loss = embeddings.square().mean() + sum(d.low_res_logits.sigmoid().mean() for d in decoded)
-        grads = torch.autograd.grad(loss, lora_parameters(segmenter.model))
-        gradients.append(grads)
-    assert len(calls) == 2  # every encoder block ran checkpointed, once
-    for plain, recomputed in zip(*gradients, strict=True):
-        torch.testing.assert_close(recomputed, plain, rtol=1e-5, atol=1e-7)
-    assert any(float(g.abs().sum()) > 0 for g in gradients[0])
+    gradients, calls = checkpointed_gradients(segmenter, monkeypatch)
+    assert calls == 2  # every encoder block ran checkpointed, once
+    assert any(float(g.abs().sum()) > 0 for g in gradients)
     assert "forward" not in vars(segmenter.sam.vision_encoder.layers[0])  # restored
 
 
