@@ -528,6 +528,15 @@ def test_cli_resume_checks_its_arguments(data_root, tmp_path):
     assert _squeezed(f"--resume {missing}: no such run folder or checkpoint file") in _squeezed(
         result.output
     )
+    photo = tmp_path / "photos" / "a.jpg"  # review: the error named "." instead
+    photo.parent.mkdir()
+    photo.write_bytes(b"not a checkpoint")
+    for given in (photo, photo.parent):
+        result = runner.invoke(app, ["train", "--resume", str(given)])
+        assert result.exit_code == 2
+        text = _squeezed(result.output)
+        assert _squeezed(f"--resume {given}: not a run folder") in text, text
+        assert _squeezed("give the folder a run wrote (its --out)") in text
     assert runner.invoke(app, _cli_args(data_root, run, "--max-steps", "1")).exit_code == 0
     saved = (run / "config.yaml").read_text()
     result = runner.invoke(app, ["train", "--resume", str(run), "--config", "voc"])

@@ -90,12 +90,15 @@ def resume_run(resume: Path) -> tuple[Path, bool | Path, Path]:
     """``--resume RUN`` or ``--resume RUN/checkpoints/<name>.pt``: the run folder, what the
     loop resumes from (True: the folder's newest checkpoint; a path: that file) and the
     run's ``config.yaml``. Exits when the folder has none."""
+    fix = "give the folder a run wrote (its --out) or one of its checkpoints/*.pt files"
     run_dir, resume_from = resume, True
     if resume.is_file():  # one checkpoint: RUN/checkpoints/<name>.pt
         run_dir, resume_from = resume.parent.parent, resume
+        if resume.parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
+            fail(f"--resume {resume}: not a run folder nor a checkpoint of one; {fix}")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        fail(f"{run_dir} is not a run folder ({saved} is missing); check --resume")
+        fail(f"--resume {resume}: not a run folder ({saved} is missing); {fix}")
     return run_dir, resume_from, saved
 
 
