@@ -5,9 +5,11 @@ must give the weights of a run that was never stopped.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,7 +112,46 @@ def test_sigterm_to_a_training_process_saves_every_step_and_exits_143(
     text = " ".join(output.split())
     assert f"SIGTERM: stopped at step {steps_done}" in text
     assert f"Resume with: co2sam train --resume {run}" in text
+    for line in _readme_stop_lines():  # review: README showed one line, not what is printed
+        assert re.search(line, output, re.MULTILINE), (line, output[-2000:])
     _assert_resumes_to_the_uninterrupted_weights(run, uninterrupted)
+
+
+def _readme_stop_lines() -> list[str]:
+    """README's sample stop message as patterns: any numbers, any run folder."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Preemption, Ctrl-C and `kill -9`", 1)[1]
+    sample = section.split("```\n", 2)[1]
+    lines = []
+    for line in sample.strip().splitlines():
+        pattern = re.escape(line).replace("runs/voc", ".+")
+        lines.append("^" + re.sub(r"\d+", r"\\d+", pattern) + "$")
+    assert len(lines) == 2, sample
+    return lines
+
+
+def test_a_signal_during_validation_says_the_run_stops_at_its_next_batch(
+    data_root, tmp_path, monkeypatch, capfd
+):
+    """Review: the handler said "at the end of this step" during a validation too."""
+    import co2sam.evaluate
+
+    real_evaluate = co2sam.evaluate.evaluate_model
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(co2sam.evaluate, "evaluate_model", signalled)
+    run = tmp_path / "run"
+    args = [*_train_args(data_root, run), "--set", "train.val_every=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    said = capfd.readouterr().err
+    assert "SIGINT: stopping this validation at its next batch and saving a checkpoint" in said
+    assert "at the end of this step" not in said
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (state["step"], state["epoch"], state["history"]) == (3, 1, [])
 
 
 @pytest.mark.parametrize(

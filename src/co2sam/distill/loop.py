@@ -213,7 +213,8 @@ def distill(
         """last.pt before validating (a kill during it loses no training; the resumed run
         validates first), then the result; the state is kept as the fallback epoch file."""
         save()
-        validate(fabric, config, net, val_dataset, state, bar)
+        with signals.during("whole validation"):  # it stops at the next step, not inside
+            validate(fabric, config, net, val_dataset, state, bar)
         log_metrics(loggers, val_metrics(state["history"][-1]), state["step"])
         save()
         if rank_zero:

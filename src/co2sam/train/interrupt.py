@@ -85,18 +85,39 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return tuple(signals)
 
 
+STOP_POINTS = {
+    "step": "saving a checkpoint at the end of this step",
+    "validation": "stopping this validation at its next batch and saving a checkpoint "
+    "(the resumed run validates again)",
+    "whole validation": "saving a checkpoint when this validation ends",
+}
+"""What the handler says a signal will do, by what the run is doing when it arrives."""
+
+
 class StopSignals:
     """Context manager: catch ``signals`` (main thread only) and remember which arrived.
 
     ``flags`` (one 0/1 per signal, in order) goes into the step's all-reduce;
     :meth:`agreed` turns the reduced sums into the signal to stop for, or None.
-    Outside the main thread Python cannot install handlers: nothing is caught then.
+    ``phase`` (a key of :data:`STOP_POINTS`, set with :meth:`during`) is what the run
+    does now: the handler's line says where it will stop. Outside the main thread
+    Python cannot install handlers: nothing is caught then.
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...]) -> None:
         self.signals = signals
         self.flags = [0.0] * len(signals)
+        self.phase = "step"
         self._previous: dict[signal.Signals, object] = {}
+
+    @contextmanager
+    def during(self, phase: str) -> Iterator[None]:
+        """Within the block the run is in ``phase`` (a key of :data:`STOP_POINTS`)."""
+        before, self.phase = self.phase, phase
+        try:
+            yield
+        finally:
+            self.phase = before
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -116,7 +137,7 @@ class StopSignals:
         signal.signal(signum, self._previous.get(signal.Signals(signum), signal.SIG_DFL))  # type: ignore[arg-type]
         name = signal.Signals(signum).name
         # os.write: print() could re-enter a stream the progress bar is writing to.
-        os.write(2, f"\n{name}: saving a checkpoint at the end of this step\n".encode())
+        os.write(2, f"\n{name}: {STOP_POINTS[self.phase]}\n".encode())
 
     def agreed(self, counts: list[float]) -> int | None:
         """The first signal any process received (``counts`` = flags summed over processes)."""

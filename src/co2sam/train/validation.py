@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,8 @@ def validate(fabric, config, segmenter, dataset, boxes_fn, state, bar, signals=N
         shard = StopBetweenBatches(shard, per_process, _stop_check(fabric, signals))
     record: dict[str, Any] = {"epoch": state["epoch"], "step": state["step"], "metrics": {}}
     cuda = [fabric.device] if fabric.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+    phase = contextlib.nullcontext() if signals is None else signals.during("validation")
+    with phase, torch.no_grad(), torch.random.fork_rng(devices=cuda):
         record["metrics"] = evaluate_model(
             segmenter,
             shard,
