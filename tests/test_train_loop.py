@@ -601,3 +601,50 @@ def test_errors_met_by_every_process_are_printed_by_the_first_only(monkeypatch, 
             _fail_once("the same error on every process")
         assert stopped.value.exit_code == 2
         assert ("the same error on every process" in capsys.readouterr().err) is shown
+
+
+def _epoch_lines(text: str, epoch: int) -> list[str]:
+    """The losses of the ``epoch N/M done: ...`` lines (without the rate)."""
+    return [
+        line.split("img/s, ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith(f"epoch {epoch}/")
+    ]
+
+
+def test_the_epoch_line_after_a_mid_epoch_resume_covers_the_whole_epoch(
+    data_root, tmp_path, monkeypatch, capsys
+):
+    """Review: after a resume inside epoch 2 its line gave the resumed steps' losses only."""
+    settings = ["train.epochs=2", "train.batch_size=1", "train.checkpoint_every=2"]
+    settings.append("train.template_cache_gib=0")
+    fit(_config(data_root, tmp_path / "whole", *settings), progress=False)
+    (expected,) = _epoch_lines(capsys.readouterr().err, 2)
+    assert expected.startswith("total ") and "focal " in expected
+
+    config = _config(data_root, tmp_path / "run", *settings)
+    _crash_in_step(monkeypatch, 6)  # last.pt at step 4: one of epoch 2's three steps done
+    with pytest.raises(Crash):
+        fit(config, progress=False)
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert (load_checkpoint(last)["step"], load_checkpoint(last)["seen_in_epoch"]) == (4, 1)
+    shutil.copy(last, tmp_path / "last.pt")
+    capsys.readouterr()
+    fit(config, resume=True, progress=False)
+    assert _epoch_lines(capsys.readouterr().err, 2) == [expected]
+
+    # A checkpoint from before the sums were kept: the line says what it covers.
+    from co2sam.train.checkpoint import save_checkpoint
+
+    older = load_checkpoint(tmp_path / "last.pt")
+    del older["epoch_losses"]
+    shutil.rmtree(tmp_path / "run")
+    shutil.copytree(tmp_path / "whole", tmp_path / "run")
+    save_checkpoint(last, older)
+    fit(config, resume=last, progress=False)
+    (partial,) = _epoch_lines(capsys.readouterr().err, 2)
+    assert partial.endswith(
+        "(mean of steps 5..6 only: resumed from a checkpoint without this epoch's earlier "
+        "losses)"
+    )

@@ -62,7 +62,15 @@ from co2sam.train.interrupt import (
     stop_signals,
     stop_with_checkpoint,
 )
-from co2sam.train.monitor import TrainProgress, close_monitors, log_metrics, make_loggers
+from co2sam.train.monitor import (
+    TrainProgress,
+    add_epoch_losses,
+    close_monitors,
+    epoch_mean_losses,
+    log_metrics,
+    make_loggers,
+    new_epoch_losses,
+)
 from co2sam.train.resume import (
     absolute_paths,
     check_changes,
@@ -311,7 +319,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
     if train.template_cache_gib > 0:
         template_cache = TemplateCache.from_gib(train.template_cache_gib)
     state = {"step": 0, "epoch": 0, "seen_in_epoch": 0, "best": None, "history": []}
-    state.update(skipped_images=0, skipped_steps=0)
+    state.update(skipped_images=0, skipped_steps=0, epoch_losses=new_epoch_losses(1))
     if saved is not None:
         check_epoch_size(saved, epoch_size, path=resume_point.path)
         if rank_zero:
@@ -326,6 +334,9 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         for key in ("step", "epoch", "best", "history", "skipped_images", "skipped_steps"):
             state[key] = saved[key]
         state["seen_in_epoch"] = epoch_position(saved)
+        state["epoch_losses"] = saved.get("epoch_losses") or new_epoch_losses(
+            state["step"] + 1, complete=not state["seen_in_epoch"]
+        )
         if rank_zero:
             set_rng_state(saved["rng"])
         for note in notes:
@@ -391,6 +402,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
                     if template_cache is not None:
                         note = f"T-cache {template_cache.hit_rate:.0%}"
                     bar.advance(state["step"], images, losses, note)
+                    add_epoch_losses(state["epoch_losses"], losses)
                     if state["step"] % train.log_every == 0 or state["step"] == 1:
                         metrics = {f"train/{name}": value for name, value in losses.items()}
                         metrics["train/lr"] = scheduler.get_last_lr()[0]
@@ -408,6 +420,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
                     state["epoch"] += 1
                     state["seen_in_epoch"] = 0
                     bar.print(_epoch_line(state, train.epochs, bar))
+                    state["epoch_losses"] = new_epoch_losses(state["step"] + 1)
                     end_epoch()
     finally:
         close_monitors(bar, loggers)
@@ -459,8 +472,9 @@ def _resume_line(path: Path, state: dict[str, Any], epoch_size: int, train: Any)
 
 
 def _epoch_line(state: dict[str, Any], epochs: int, bar: TrainProgress) -> str:
-    """``epoch 2/50 done: step 21164, 5.31 img/s, total 8.605 focal 0.173 ...``"""
-    losses = bar.means.summary(TrainProgress.SHOWN)
+    """``epoch 2/50 done: step 21164, 5.31 img/s, total 8.605 focal 0.173 ...``: the
+    means of the epoch's steps (also across a stop and resume inside it)."""
+    losses = epoch_mean_losses(state["epoch_losses"], TrainProgress.SHOWN, state["step"])
     return (
         f"epoch {state['epoch']}/{epochs} done: step {state['step']}, "
         f"{bar.period_rate():.2f} img/s" + (f", {losses}" if losses else "")

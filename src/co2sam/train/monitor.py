@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress, TextColumn
 
@@ -58,6 +59,36 @@ class RunningMeans:
 
     def summary(self, names: tuple[str, ...]) -> str:
         return " ".join(f"{n} {self.values[n]:.3f}" for n in names if n in self.values)
+
+
+def new_epoch_losses(first_step: int, *, complete: bool = True) -> dict[str, Any]:
+    """The running sums of one epoch's losses, from ``first_step`` on (a plain dict: it
+    travels in the checkpoint, so an epoch cut by a stop and resumed reports the means
+    an uninterrupted one does). ``complete`` False: the steps before ``first_step`` of
+    this epoch are not in it (a checkpoint written before co2sam kept the sums)."""
+    return {"steps": 0, "sums": {}, "first_step": first_step, "complete": complete}
+
+
+def add_epoch_losses(record: dict[str, Any], losses: Mapping[str, float]) -> None:
+    """Add one optimizer step's losses to ``record`` (:func:`new_epoch_losses`)."""
+    record["steps"] += 1
+    for name, value in losses.items():
+        record["sums"][name] = record["sums"].get(name, 0.0) + float(value)
+
+
+def epoch_mean_losses(record: dict[str, Any], names: tuple[str, ...], last_step: int) -> str:
+    """``total 8.605 focal 0.173 ...``: the means over the epoch's steps (or, when the
+    record is not complete, over the steps it holds, saying which)."""
+    steps = max(record["steps"], 1)
+    summary = " ".join(
+        f"{name} {record['sums'][name] / steps:.3f}" for name in names if name in record["sums"]
+    )
+    if summary and not record["complete"]:
+        summary += (
+            f" (mean of steps {record['first_step']}..{last_step} only: resumed from a "
+            "checkpoint without this epoch's earlier losses)"
+        )
+    return summary
 
 
 class TrainProgress:
