@@ -102,3 +102,35 @@ def test_distill_refuses_an_unreadable_exclude_list(voc, tmp_path):
     result = runner.invoke(app, [*arguments, "--exclude", str(tmp_path / "missing.txt")])
     assert result.exit_code == 2
     assert "cannot read the list of images to exclude" in _text(result)
+
+
+def _lines(result, start):
+    return [line for line in result.output.splitlines() if line.startswith(start)]
+
+
+def test_distill_without_a_bar_prints_epoch_and_validation_lines(voc, tmp_path):
+    """Review: with --no-progress nothing was printed until the run ended."""
+    arguments = [*_arguments(voc, tmp_path / "run"), "--pseudo-labels", str(voc)]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (epoch,) = _lines(result, "epoch 1 done: step 2/2, ")  # 4 images, 2 per step
+    assert " img/s, loss " in epoch
+    assert len(_lines(result, "step 2: val mIoU (open mode) ")) == 1
+
+    # Stopped inside epoch 1 and resumed: the epoch's line is the uninterrupted one.
+    cut = [*_arguments(voc, tmp_path / "cut"), "--pseudo-labels", str(voc), "--max-steps", "1"]
+    assert runner.invoke(app, cut).exit_code == 0
+    resume = ["distill", "--resume", str(tmp_path / "cut"), "--max-steps", "2", "--no-progress"]
+    resumed = runner.invoke(app, resume)
+    assert resumed.exit_code == 0, resumed.output
+    assert [line.split("img/s")[1] for line in _lines(resumed, "epoch 1 done: ")] == [
+        epoch.split("img/s")[1]
+    ]
+
+
+def test_distill_resume_names_a_path_that_is_no_run(tmp_path):
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"jpeg")
+    result = runner.invoke(app, ["distill", "--resume", str(photo)])
+    assert result.exit_code == 2
+    assert f"--resume {photo}: not a run folder" in _text(result)

@@ -58,7 +58,15 @@ from co2sam.train.interrupt import (
     stop_with_checkpoint,
 )
 from co2sam.train.loop import NonFiniteLossError, launch_fabric, limit_dataset
-from co2sam.train.monitor import TrainProgress, close_monitors, log_metrics, make_loggers
+from co2sam.train.monitor import (
+    TrainProgress,
+    add_epoch_losses,
+    close_monitors,
+    epoch_mean_losses,
+    log_metrics,
+    make_loggers,
+    new_epoch_losses,
+)
 from co2sam.train.run_dir import finish_run, open_run_dir, tidy_run_dir
 from co2sam.train.workers import WorkerGuard
 
@@ -183,14 +191,17 @@ def distill(
     model, optimizer = fabric.setup(net, optimizer)
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
-    state.update(best=None, history=[])
+    state.update(best=None, history=[], epoch_losses=new_epoch_losses(1))
     if resume_point is not None:
         saved = resume_point.state
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        for key in state:
+        for key in ("step", "epoch", "batch_in_epoch", "best", "history"):
             state[key] = saved[key]
+        state["epoch_losses"] = saved.get("epoch_losses") or new_epoch_losses(
+            state["step"] + 1, complete=not state["batch_in_epoch"]
+        )
         restore_rng(fabric, saved)
         for note in resume_point.notes:
             fabric.print(note, file=sys.stderr)
@@ -202,7 +213,11 @@ def distill(
         config.save(run_dir / "config.yaml")
     loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
     last_step = min(train.iterations, train.max_steps or train.iterations)
-    bar = TrainProgress(train.iterations, state["step"], enabled=progress and rank_zero)
+    # Without a bar (--no-progress: a batch job's log) the main process still prints the
+    # epoch and validation lines.
+    bar = TrainProgress(
+        train.iterations, state["step"], enabled=progress and rank_zero, lines=rank_zero
+    )
     if train.val_every == 0:
         bar.print("validation off (train.val_every = 0): no best/ segmenter will be kept")
 
@@ -243,11 +258,14 @@ def distill(
                     scheduler.step()
                     state["step"] += 1
                     state["batch_in_epoch"] += 1
+                    step = state["step"]
+                    bar.advance(step, per_process * fabric.world_size, {"total": loss})
+                    add_epoch_losses(state["epoch_losses"], {"loss": loss})
                     if state["batch_in_epoch"] == batches_per_epoch:
                         state["epoch"] += 1
                         state["batch_in_epoch"] = 0
-                    step = state["step"]
-                    bar.advance(step, per_process * fabric.world_size, {"total": loss})
+                        bar.print(_epoch_line(state, train.iterations, bar))
+                        state["epoch_losses"] = new_epoch_losses(step + 1)
                     if step % train.log_every == 0 or step == 1:
                         metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}
                         metrics["train/images_per_s"] = bar.images_per_s
@@ -311,6 +329,16 @@ def _optimizer_step(model, pixels, labels, fabric, optimizer, config, state, sig
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(flags[0].item()) / fabric.world_size
+
+
+def _epoch_line(state: dict[str, Any], iterations: int, bar: TrainProgress) -> str:
+    """``epoch 3 done: step 1983/80000, 12.31 img/s, loss 0.412`` (the epoch's mean loss,
+    also across a stop and resume inside it)."""
+    loss = epoch_mean_losses(state["epoch_losses"], ("loss",), state["step"])
+    return (
+        f"epoch {state['epoch']} done: step {state['step']}/{iterations}, "
+        f"{bar.period_rate():.2f} img/s" + (f", {loss}" if loss else "")
+    )
 
 
 def _validation_due(state: dict[str, Any], train: Any) -> bool:
