@@ -133,6 +133,32 @@ def test_train_stops_before_the_first_step_or_skips_bad_files(broken, tmp_path):
     assert list(SkipLog(run / "skipped.txt").listed()) == ids[:6]
 
 
+def test_train_lists_the_bad_files_of_every_split_it_reads_at_once(tmp_path):
+    """Review: a bad train mask was reported, the bad val image only at the next start."""
+    voc = make_synthetic_dataset(
+        tmp_path, num_images=5, num_classes=2, image_size=40, seed=2, splits={"train": 3, "val": 2}
+    )
+    train_ids = (voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    val_ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    mask = voc / "SegmentationClass" / f"{train_ids[1]}.png"
+    values = np.array(Image.open(mask))
+    values[0, 0] = 77
+    Image.fromarray(values).save(mask)
+    _truncate(voc / "JPEGImages" / f"{val_ids[0]}.jpg")
+    args = ["train", "--data-root", str(tmp_path), "--sam", "tiny", "--boxes", "oracle",
+            "--set", "data.dataset=synthetic", "--set", "data.train_split=train",
+            "--set", "data.num_workers=0", "--set", "train.val_every=1",
+            "--max-steps", "1", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "pre-flight of splits train, val" in text
+    assert "2 image(s) of splits 'train', 'val' have bad files" in text
+    squeezed = "".join(result.output.split())
+    assert f"{train_ids[1]}.png" in squeezed and f"{val_ids[0]}.jpg" in squeezed
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_train_skips_a_file_that_fails_mid_run(broken, tmp_path):
     root, ids = broken
     mask = np.zeros((40, 40), np.uint8)

@@ -88,7 +88,7 @@ def print_preflight_problems(error: Any) -> None:
     from rich.console import Console
 
     wide = Console(stderr=True, width=None if console.is_terminal else 200)
-    wide.print(problems_table(error.problems, f"pre-flight of split {error.split}"))
+    wide.print(problems_table(error.problems, f"pre-flight of {error.where}"))
 
 
 @contextlib.contextmanager

@@ -52,17 +52,36 @@ PROGRESS_FROM = 1000
 
 
 class PreflightError(DatasetError):
-    """Files of the split fail the pre-flight check; ``problems`` lists them."""
+    """Files of the split fail the pre-flight check; ``problems`` lists them.
+
+    ``split`` names the split, or the splits joined by ", " (:meth:`merged`); ``where``
+    says it in words (``split train``, ``splits train, val``).
+    """
 
     def __init__(self, split: str, problems: list[Problem]) -> None:
         self.split = split
         self.problems = problems
-        images = len({problem.image_id for problem in problems})
+        images = len({(problem.split, problem.image_id) for problem in problems})
         first = problems[0]
+        splits = ", ".join(repr(name) for name in split.split(", "))
         super().__init__(
-            f"{images} image(s) of split {split!r} have bad files (first: {first.file}: "
-            f"{first.problem}); fix them (`co2sam check-data` lists them all) or pass "
-            "--skip-bad to leave them out"
+            f"{images} image(s) of {self.where.split()[0]} {splits} have bad files (first: "
+            f"{first.file}: {first.problem}); fix them (`co2sam check-data` lists them all) "
+            "or pass --skip-bad to leave them out"
+        )
+
+    @property
+    def where(self) -> str:
+        return ("splits " if ", " in self.split else "split ") + self.split
+
+    @classmethod
+    def merged(cls, errors: Sequence[PreflightError]) -> PreflightError:
+        """One error for the problems of several splits (a run that reads them all)."""
+        if len(errors) == 1:
+            return errors[0]
+        return cls(
+            ", ".join(error.split for error in errors),
+            [problem for error in errors for problem in error.problems],
         )
 
 

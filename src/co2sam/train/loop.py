@@ -40,7 +40,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from co2sam.config import Co2SamConfig
-from co2sam.data.preflight import SKIPPED_FILE, SkipLog, SkipPlaceholders, checked_split
+from co2sam.data.preflight import (
+    SKIPPED_FILE,
+    PreflightError,
+    SkipLog,
+    SkipPlaceholders,
+    checked_split,
+)
 from co2sam.losses import LOSS_NAMES
 from co2sam.parallel import from_fabric
 from co2sam.prompts.source import reads_masks
@@ -295,9 +301,14 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
     train_dataset, val_dataset = datasets
     boxes_fn, val_boxes_fn = boxes_fns
     skipped = SkipLog(run_dir / SKIPPED_FILE)
-    train_dataset = _split_data(config, "train", train_dataset, fabric, skipped)
+    # Every split the run reads is checked before one stops it: all problems in one list.
+    failed: list[PreflightError] = []
+    train_dataset = _split_data(config, "train", train_dataset, fabric, skipped, failed)
     if train.val_every > 0:
-        val_dataset = _split_data(config, "val", val_dataset, fabric, skipped)
+        val_dataset = _split_data(config, "val", val_dataset, fabric, skipped, failed)
+    if failed:
+        raise PreflightError.merged(failed)
+    if train.val_every > 0:
         check_validation_split(train_dataset, val_dataset)
         val_boxes_fn = _boxes_of(config, config.data.val_split, val_dataset, val_boxes_fn)
     boxes_fn = _boxes_of(config, config.data.train_split, train_dataset, boxes_fn)
@@ -578,9 +589,10 @@ def _zero_loss(model: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- data
 
 
-def _split_data(config, which, dataset, fabric, skipped):
+def _split_data(config, which, dataset, fabric, skipped, failed):
     """The ``train`` or ``val`` split (first ``train.limit_<which>`` images), checked by the
-    pre-flight, unreadable files skipped (co2sam.data.preflight)."""
+    pre-flight, unreadable files skipped (co2sam.data.preflight). A split the pre-flight
+    refuses is added to ``failed`` (and None returned), so the next one is checked too."""
     if dataset is None:
         from co2sam.data import build_dataset
 
@@ -600,7 +612,11 @@ def _split_data(config, which, dataset, fabric, skipped):
     # Training reads the masks only for boxes made from them; validation scores on them.
     masks = which == "val" or reads_masks(config.prompts.source)
     processes = from_fabric(fabric)
-    return checked_split(dataset, config.data, log=skipped, processes=processes, masks=masks)
+    try:
+        return checked_split(dataset, config.data, log=skipped, processes=processes, masks=masks)
+    except PreflightError as error:
+        failed.append(error)
+        return None
 
 
 def _boxes_of(config, split, dataset, boxes_fn):
