@@ -126,6 +126,17 @@ def test_distill_without_a_bar_prints_epoch_and_validation_lines(voc, tmp_path):
     assert [line.split("img/s")[1] for line in _lines(resumed, "epoch 1 done: ")] == [
         epoch.split("img/s")[1]
     ]
+    # The run's record says which setting changed at which step (review: config.yaml did not).
+    import json
+
+    import yaml
+
+    change = {"from_step": 2, "key": "train.max_steps", "old": 1, "new": 2}
+    assert "settings changed since last.pt (applied from step 2)" in _text(resumed)
+    saved = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 2 and saved["settings_changes"] == [change]
+    segmenter = json.loads((tmp_path / "cut" / "last" / "co2sam_segmenter.json").read_text())
+    assert segmenter["settings_changes"] == [change]
 
 
 def test_distill_resume_names_a_path_that_is_no_run(tmp_path):

@@ -645,6 +645,37 @@ def test_the_epoch_line_after_a_mid_epoch_resume_covers_the_whole_epoch(
     fit(config, resume=last, progress=False)
     (partial,) = _epoch_lines(capsys.readouterr().err, 2)
     assert partial.endswith(
-        "(mean of steps 5..6 only: resumed from a checkpoint without this epoch's earlier "
-        "losses)"
+        "(mean of steps 5..6 only: resumed from a checkpoint without this epoch's earlier losses)"
     )
+
+
+def test_a_resumed_run_records_the_settings_it_changed(data_root, tmp_path):
+    """Review: after --resume --set optim.lr=..., config.yaml and the adapters claimed the
+    whole run had used the new lr."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    run = tmp_path / "run"
+    first = _cli_args(data_root, run, "--max-steps", "2", "--set", "optim.lr=0.01")
+    assert CliRunner().invoke(app, first).exit_code == 0
+    assert "settings_changes" not in yaml.safe_load((run / "config.yaml").read_text())
+    resume = ["train", "--resume", str(run), "--no-progress", "--set", "optim.lr=0.005"]
+    result = CliRunner().invoke(app, [*resume, "--max-steps", "3"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["train", "--resume", str(run), "--max-steps", "4"])
+    assert result.exit_code == 0, result.output
+    expected = [
+        {"from_step": 3, "key": "optim.lr", "old": 0.01, "new": 0.005},
+        {"from_step": 3, "key": "train.max_steps", "old": 2, "new": 3},
+        {"from_step": 4, "key": "train.max_steps", "old": 3, "new": 4},
+    ]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.005 and saved["settings_changes"] == expected
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["settings_changes"] == expected
+    adapter = json.loads((run / "last" / "co2sam_adapter.json").read_text())
+    assert adapter["extra"]["settings_changes"] == expected
+    assert load_config(run / "config.yaml").optim.lr == 0.005  # still a config file

@@ -284,18 +284,32 @@ class EvalConfig:
         _check_choice("eval.compat", self.compat, ("paper", "reference"))
 
 
+SETTINGS_CHANGES = "settings_changes"
+"""The key of a run's record of settings changed on resume: in its ``config.yaml`` (after
+the sections, read back as a record, not a setting), checkpoints and adapter/segmenter
+JSON. Each entry: ``{"from_step": first step run with the new value, "key", "old",
+"new"}``."""
+
+
 class SavedConfig:
     """What every top-level config can do: become a dict and be written as YAML."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
-    def save(self, path: str | Path) -> Path:
-        """Write the resolved config as YAML (atomically) and return the path."""
+    def save(self, path: str | Path, changes: list[dict[str, Any]] | None = None) -> Path:
+        """Write the resolved config as YAML (atomically) and return the path.
+
+        changes: the settings a resumed run changed (:data:`SETTINGS_CHANGES`), written
+        after the sections so that the file says what the run ran with before them.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        data = self.to_dict()
+        if changes:
+            data[SETTINGS_CHANGES] = changes
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         tmp.replace(path)
         return path
 
@@ -351,6 +365,7 @@ def load_config(
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+        data.pop(SETTINGS_CHANGES, None)  # a run's record of its history, not a setting
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:

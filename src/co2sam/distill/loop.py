@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from co2sam.config import SETTINGS_CHANGES
 from co2sam.distill.augment import TrainAugment
 from co2sam.distill.config import DistillConfig
 from co2sam.distill.data import PseudoLabelFolder, PseudoLabelSet, check_pseudo_labels
@@ -67,6 +68,7 @@ from co2sam.train.monitor import (
     make_loggers,
     new_epoch_losses,
 )
+from co2sam.train.resume import changed_settings, settings_history
 from co2sam.train.run_dir import finish_run, open_run_dir, tidy_run_dir
 from co2sam.train.workers import WorkerGuard
 
@@ -192,6 +194,7 @@ def distill(
 
     state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     state.update(best=None, history=[], epoch_losses=new_epoch_losses(1))
+    state[SETTINGS_CHANGES] = []
     if resume_point is not None:
         saved = resume_point.state
         net.load_state_dict(saved["model"])
@@ -203,14 +206,16 @@ def distill(
             state["step"] + 1, complete=not state["batch_in_epoch"]
         )
         restore_rng(fabric, saved)
-        for note in resume_point.notes:
+        changes = changed_settings(saved, config)
+        state[SETTINGS_CHANGES] = settings_history(saved, config)
+        for note in resume_point.notes + _changes_note(changes, resume_point.path):
             fabric.print(note, file=sys.stderr)
         fabric.print(
             f"resuming from {resume_point.path}: step {state['step']}, epoch {state['epoch']}",
             file=sys.stderr,
         )
-    if rank_zero:
-        config.save(run_dir / "config.yaml")
+    if rank_zero:  # the settings now, and which of them changed at which step
+        config.save(run_dir / "config.yaml", changes=state[SETTINGS_CHANGES])
     loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
     last_step = min(train.iterations, train.max_steps or train.iterations)
     # Without a bar (--no-progress: a batch job's log) the main process still prints the
@@ -329,6 +334,15 @@ def _optimizer_step(model, pixels, labels, fabric, optimizer, config, state, sig
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(flags[0].item()) / fabric.world_size
+
+
+def _changes_note(changes: list[dict[str, Any]], path: Path) -> list[str]:
+    """``settings changed since last.pt (applied from step 8): optim.lr 0.001 -> 0.0005``."""
+    if not changes:
+        return []
+    listed = "; ".join(f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes)
+    return [f"settings changed since {path.name} (applied from step {changes[0]['from_step']}): "
+            f"{listed}"]  # fmt: skip
 
 
 def _epoch_line(state: dict[str, Any], iterations: int, bar: TrainProgress) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from co2sam.config import SETTINGS_CHANGES
 from co2sam.models.segmentation_net import SegmentationNet, save_net
 from co2sam.train.checkpoint import (
     CheckpointError,
@@ -102,5 +103,7 @@ def save_segmenter_folder(
             "best": state["best"],
             "eval": asdict(config.eval),
             "config": config.to_dict(),
+            # Settings changed when the run was resumed (config is the latest).
+            SETTINGS_CHANGES: state.get(SETTINGS_CHANGES, []),
         },
     )

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from co2sam.config import Co2SamConfig
+from co2sam.config import SETTINGS_CHANGES, Co2SamConfig
 from co2sam.data.preflight import (
     SKIPPED_FILE,
     PreflightError,
@@ -86,6 +86,7 @@ from co2sam.train.resume import (
     epoch_steps_left,
     reapply_optim,
     scheduled_images,
+    settings_history,
 )
 from co2sam.train.run_dir import (
     ResumePoint,
@@ -331,6 +332,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         template_cache = TemplateCache.from_gib(train.template_cache_gib)
     state = {"step": 0, "epoch": 0, "seen_in_epoch": 0, "best": None, "history": []}
     state.update(skipped_images=0, skipped_steps=0, epoch_losses=new_epoch_losses(1))
+    state[SETTINGS_CHANGES] = []
     if saved is not None:
         check_epoch_size(saved, epoch_size, path=resume_point.path)
         if rank_zero:
@@ -345,6 +347,7 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         for key in ("step", "epoch", "best", "history", "skipped_images", "skipped_steps"):
             state[key] = saved[key]
         state["seen_in_epoch"] = epoch_position(saved)
+        state[SETTINGS_CHANGES] = settings_history(saved, config)
         state["epoch_losses"] = saved.get("epoch_losses") or new_epoch_losses(
             state["step"] + 1, complete=not state["seen_in_epoch"]
         )
@@ -353,8 +356,8 @@ def _train(fabric, config, resume_point, *, progress, segmenter, datasets, boxes
         for note in notes:
             fabric.print(note, file=sys.stderr)
         fabric.print(_resume_line(resume_point.path, state, epoch_size, train), file=sys.stderr)
-    if rank_zero:
-        config.save(run_dir / "config.yaml")
+    if rank_zero:  # the settings now, and which of them changed at which step
+        config.save(run_dir / "config.yaml", changes=state[SETTINGS_CHANGES])
     loggers = make_loggers(run_dir, state["step"]) if rank_zero else []
 
     total_steps = _planned_steps(state, train, epoch_size, fabric.world_size)

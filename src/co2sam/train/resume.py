@@ -10,7 +10,9 @@ flags), field by field against the config stored in the checkpoint:
   restored optimizer would keep the old ones), the schedule (warm-up, milestones,
   ``optim.schedule_unit``) is re-read, and a new number of processes or batch size deals
   out the rest of the interrupted epoch exactly (``co2sam.train.data.EpochSampler``).
-  Every change is listed in one log line.
+  Every change is listed in one log line and kept in the run's record
+  (:func:`settings_history`: ``settings_changes`` in ``config.yaml``, the checkpoints
+  and the adapter folders' ``co2sam_adapter.json``).
 - **refused** (:class:`co2sam.train.run_dir.RunDirError` naming the field and the fix):
   ``model.lora_rank``, ``model.lora_alpha`` and ``model.adapter`` (the checkpoint's LoRA
   weights are what the run continues from), and, in the middle of an epoch, the fields
@@ -30,7 +32,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from co2sam.config import Co2SamConfig
+from co2sam.config import SETTINGS_CHANGES, Co2SamConfig
 from co2sam.train.checkpoint import CheckpointError
 from co2sam.train.run_dir import RunDirError
 
@@ -108,11 +110,27 @@ def scheduled_images(saved: dict[str, Any]) -> int:
     return int(saved["step"]) * images_per_step(saved)
 
 
+def changed_settings(saved: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+    """The settings of ``config`` that differ from the checkpoint's, as entries of the
+    run's record (:data:`co2sam.config.SETTINGS_CHANGES`), from the step after ``saved``'s."""
+    before, now = _flat(saved.get("config", {})), _flat(config.to_dict())
+    return [
+        {"from_step": int(saved["step"]) + 1, "key": key, "old": before[key], "new": now[key]}
+        for key in now
+        if key in before and not _same(key, before[key], now[key])
+    ]
+
+
+def settings_history(saved: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+    """The run's record of changed settings: the checkpoint's, then this resume's."""
+    return [*saved.get(SETTINGS_CHANGES, []), *changed_settings(saved, config)]
+
+
 def check_changes(saved: dict[str, Any], config: Co2SamConfig, *, path: Path) -> list[str]:
     """Refuse the config changes a resumed run cannot honour (see the module); notes for
     the rest. Cheap: call it before loading models and data."""
     before, now = _flat(saved.get("config", {})), _flat(config.to_dict())
-    changed = [key for key in now if key in before and not _same(key, before[key], now[key])]
+    changed = [change["key"] for change in changed_settings(saved, config)]
     seen = epoch_position(saved)
     for key in changed:
         if key in FIXED:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from co2sam.config import SETTINGS_CHANGES
 from co2sam.train.checkpoint import (
     CHECKPOINT_DIR,
     EPOCH_PATTERN,
@@ -266,6 +267,8 @@ def save_adapter_folder(segmenter, folder: Path, config, state, best) -> None:
         "epoch": state["epoch"],
         "best": best,
         "config": config.to_dict(),
+        # Settings changed when the run was resumed (config is the latest): step, old, new.
+        SETTINGS_CHANGES: state.get(SETTINGS_CHANGES, []),
     }
     save_adapter(segmenter.model, temp, base=config.model.sam, extra=extra)
     if folder.exists():
