@@ -145,3 +145,33 @@ def test_distill_resume_names_a_path_that_is_no_run(tmp_path):
     result = runner.invoke(app, ["distill", "--resume", str(photo)])
     assert result.exit_code == 2
     assert f"--resume {photo}: not a run folder" in _text(result)
+
+
+def test_distill_help_shows_the_defaults():
+    """Review: options showed only their config key, no default (as train's did)."""
+    import re
+
+    import yaml
+
+    from co2sam.config import preset_path
+    from co2sam.distill.config import DistillTrainConfig
+
+    result = runner.invoke(app, ["distill", "--help"], env={"COLUMNS": "300"})
+    text = _text(result)
+
+    def option(name):
+        return re.split(r" --[a-z-]+ <", text.split(f"{name} <", 1)[1])[0]
+
+    assert "default 1" in option("--devices") and "default auto" in option("--accelerator")
+    assert f"default {DistillTrainConfig.iterations}" in option("--iterations")
+    assert f"default {DistillTrainConfig.batch_size}" in option("--batch-size")
+    assert "default segformer" in option("--architecture")
+    assert "default nvidia/mit-b2" in option("--pretrained")
+    assert "default 0: every pixel" in option("--min-confidence")
+    assert f"{DistillTrainConfig.out_dir} without --config" in option("--out")
+    for name in ("voc", "coco"):
+        preset = yaml.safe_load(preset_path(f"distill-{name}").read_text())
+        assert f"{preset['train']['out_dir']} for {name}" in option("--out")
+        assert preset["model"]["pretrained"] == "nvidia/mit-b2"
+    coco = yaml.safe_load(preset_path("distill-coco").read_text())["train"]["iterations"]
+    assert f"coco: {coco}" in option("--iterations")

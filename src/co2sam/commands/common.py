@@ -57,12 +57,15 @@ ExcludeOption = typer.Option(
     help="A file of image ids to leave out of training, one per line (data.exclude), "
     "e.g. the flagged.txt written by `co2sam app`'s Review tab.",
 )
-RunFolderOption = typer.Option(None, help="Run folder (train.out_dir).")
-TrainDevicesOption = typer.Option(None, help="Devices per node (train.devices).")
-TrainNodesOption = typer.Option(None, help="Nodes (train.num_nodes).")
-TrainAcceleratorOption = typer.Option(None, help="auto, cpu, cuda, gpu, mps (train.accelerator).")
+TrainDevicesOption = typer.Option(None, help="Devices per node (train.devices; default 1).")
+TrainNodesOption = typer.Option(None, help="Nodes (train.num_nodes; default 1).")
+TrainAcceleratorOption = typer.Option(
+    None, help="auto, cpu, cuda, gpu, mps (train.accelerator; default auto: a GPU if any)."
+)
 TrainPrecisionOption = typer.Option(
-    None, help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string."
+    None,
+    help="auto (bf16-mixed on GPU, 32-true on CPU) or a Fabric precision string "
+    "(train.precision; default auto).",
 )
 
 

@@ -9,7 +9,6 @@ import typer
 from co2sam.commands.common import (
     DataRootOption,
     ExcludeOption,
-    RunFolderOption,
     SetOption,
     TrainAcceleratorOption,
     TrainDevicesOption,
@@ -21,6 +20,7 @@ from co2sam.commands.common import (
     interrupted_exit,
     resume_run,
 )
+from co2sam.distill.config import DistillTrainConfig, NetConfig, PseudoLabelConfig
 
 DistillConfigOption = typer.Option(
     None, "--config", "-c", help="Preset name (voc, coco: configs/distill-*.yaml) or a YAML file."
@@ -37,25 +37,40 @@ def distill(
         "(pseudo_labels.dir).",
     ),
     architecture: str | None = typer.Option(
-        None, help="segformer, mask2former or upernet (model.architecture)."
+        None,
+        help="segformer, mask2former or upernet "
+        f"(model.architecture; default {NetConfig.architecture}).",
     ),
     pretrained: str | None = typer.Option(
         None,
-        help="Hub id or local folder of that architecture, e.g. nvidia/mit-b2 (model.pretrained).",
+        help="Hub id or local folder of that architecture "
+        f"(model.pretrained; default {NetConfig.pretrained}).",
     ),
     exclude: Path | None = ExcludeOption,
     min_confidence: float | None = typer.Option(
         None,
-        help="Ignore pixels whose pseudo-label confidence is below this "
-        "(pseudo_labels.min_confidence).",
+        help="Ignore pixels whose pseudo-label confidence is below this (pseudo_labels."
+        f"min_confidence; default {PseudoLabelConfig.min_confidence:g}: every pixel).",
     ),
-    out: Path | None = RunFolderOption,
-    iterations: int | None = typer.Option(None, help="Optimizer steps (train.iterations)."),
+    out: Path | None = typer.Option(
+        None,
+        help="Run folder (train.out_dir; default: the preset's, runs/voc-seg for voc, "
+        f"runs/coco-seg for coco; {DistillTrainConfig.out_dir} without --config).",
+    ),
+    iterations: int | None = typer.Option(
+        None,
+        help=f"Optimizer steps (train.iterations; default {DistillTrainConfig.iterations}, "
+        "coco: 160000).",
+    ),
     max_steps: int | None = typer.Option(
-        None, help="Stop after N steps in total; --resume continues (train.max_steps)."
+        None,
+        help="Stop after N steps in total; --resume continues (train.max_steps; default: "
+        "no limit).",
     ),
     batch_size: int | None = typer.Option(
-        None, help="Images per step over all processes (train.batch_size)."
+        None,
+        help="Images per step over all processes "
+        f"(train.batch_size; default {DistillTrainConfig.batch_size}).",
     ),
     devices: int | None = TrainDevicesOption,
     num_nodes: int | None = TrainNodesOption,

@@ -11,7 +11,6 @@ from co2sam.commands.common import (
     ConfigOption,
     DataRootOption,
     ExcludeOption,
-    RunFolderOption,
     SetOption,
     TrainAcceleratorOption,
     TrainDevicesOption,
@@ -24,6 +23,7 @@ from co2sam.commands.common import (
     resume_run,
 )
 from co2sam.commands.guards import SkipBadOption, output_errors, print_preflight_problems
+from co2sam.config import ModelConfig, TrainConfig
 
 BOX_SOURCES = ("cache", "detector", "oracle")
 
@@ -32,11 +32,14 @@ def train(
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     data_root: Path | None = DataRootOption,
-    sam: str | None = typer.Option(None, help=f"{SAM_HELP} (model.sam)."),
+    sam: str | None = typer.Option(
+        None, help=f"{SAM_HELP} (model.sam; default {ModelConfig.sam})."
+    ),
     boxes: str | None = typer.Option(
         None,
         help="Box prompts: a folder of box caches (<split>.jsonl, made by `co2sam boxes`), "
-        "or cache / detector (live Grounding DINO or SAM 3) / oracle (ground-truth masks).",
+        "or cache / detector (live Grounding DINO or SAM 3) / oracle (ground-truth masks) "
+        "(prompts.source; default cache, from DATA_ROOT/co2sam_boxes).",
     ),
     detector: str | None = typer.Option(
         None,
@@ -45,14 +48,24 @@ def train(
     ),
     skip_bad: bool = SkipBadOption,
     exclude: Path | None = ExcludeOption,
-    out: Path | None = RunFolderOption,
+    out: Path | None = typer.Option(
+        None,
+        help="Run folder (train.out_dir; default: the preset's, runs/voc for voc, runs/coco "
+        f"for coco; {TrainConfig.out_dir} without --config).",
+    ),
     devices: int | None = TrainDevicesOption,
     num_nodes: int | None = TrainNodesOption,
     accelerator: str | None = TrainAcceleratorOption,
     precision: str | None = TrainPrecisionOption,
-    epochs: int | None = typer.Option(None, help="Epochs (train.epochs)."),
-    max_steps: int | None = typer.Option(None, help="Stop after N optimizer steps in total."),
-    limit_train: int | None = typer.Option(None, help="Train on the first N images only."),
+    epochs: int | None = typer.Option(
+        None, help=f"Epochs (train.epochs; default {TrainConfig.epochs}, coco: 10)."
+    ),
+    max_steps: int | None = typer.Option(
+        None, help="Stop after N optimizer steps in total (train.max_steps; default: no limit)."
+    ),
+    limit_train: int | None = typer.Option(
+        None, help="Train on the first N images only (train.limit_train; default: all)."
+    ),
     resume: Path | None = typer.Option(
         None,
         help="Continue the run in this folder from its last checkpoint (or the newest "
