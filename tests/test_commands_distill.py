@@ -175,3 +175,42 @@ def test_distill_help_shows_the_defaults():
         assert preset["model"]["pretrained"] == "nvidia/mit-b2"
     coco = yaml.safe_load(preset_path("distill-coco").read_text())["train"]["iterations"]
     assert f"coco: {coco}" in option("--iterations")
+
+
+def test_distill_checks_both_splits_and_the_pseudo_labels_before_stopping(voc, tmp_path):
+    """Review: distill found a bad validation image only at its first validation."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(voc.parent, root)
+    data = root / voc.name
+    lists = data / "ImageSets" / "Segmentation"
+    train_ids, val_ids = (
+        (lists / "train.txt").read_text().split(),
+        (lists / "val.txt").read_text().split(),
+    )
+    for image_id in (train_ids[1], val_ids[0]):
+        image = data / "JPEGImages" / f"{image_id}.jpg"
+        image.write_bytes(image.read_bytes()[:300])  # truncated
+    pseudo = tmp_path / "pseudo"
+    shutil.copytree(data / "SegmentationClass", pseudo / "SegmentationClass")
+    (pseudo / "SegmentationClass" / f"{train_ids[2]}.png").unlink()
+    arguments = _arguments(voc, tmp_path / "run")
+    arguments[arguments.index("--data-root") + 1] = str(root)
+    result = runner.invoke(app, [*arguments, "--pseudo-labels", str(pseudo)])
+    assert result.exit_code == 1, result.output
+    text, squeezed = _text(result), "".join(result.output.split())
+    assert "pre-flight of splits train, val, train pseudo-labels" in text
+    for name in (f"{train_ids[1]}.jpg", f"{val_ids[0]}.jpg", f"{train_ids[2]}.png"):
+        assert name in squeezed, name
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    # --skip-bad leaves the bad images out; a missing pseudo-label still stops the run.
+    skipped = runner.invoke(app, [*arguments, "--pseudo-labels", str(pseudo), "--skip-bad"])
+    assert skipped.exit_code == 2 and f"{train_ids[2]}.png: missing" in _text(skipped)
+    shutil.copy(data / "SegmentationClass" / f"{train_ids[2]}.png", pseudo / "SegmentationClass")
+    shutil.rmtree(tmp_path / "run")
+    skipped = runner.invoke(app, [*arguments, "--pseudo-labels", str(pseudo), "--skip-bad"])
+    assert skipped.exit_code == 0, skipped.output
+    listed = (tmp_path / "run" / "skipped.txt").read_text()
+    assert train_ids[1] in listed and val_ids[0] in listed

@@ -20,6 +20,7 @@ from co2sam.commands.common import (
     interrupted_exit,
     resume_run,
 )
+from co2sam.commands.guards import SkipBadOption, print_preflight_problems
 from co2sam.distill.config import DistillTrainConfig, NetConfig, PseudoLabelConfig
 
 DistillConfigOption = typer.Option(
@@ -47,6 +48,7 @@ def distill(
         f"(model.pretrained; default {NetConfig.pretrained}).",
     ),
     exclude: Path | None = ExcludeOption,
+    skip_bad: bool = SkipBadOption,
     min_confidence: float | None = typer.Option(
         None,
         help="Ignore pixels whose pseudo-label confidence is below this (pseudo_labels."
@@ -86,9 +88,10 @@ def distill(
 ) -> None:
     """Train SegFormer / Mask2Former / UperNet on pseudo-labels; validate on the real masks.
 
-    The pseudo-labels are checked against the split first (missing files, sizes, values
-    outside the classes: refused, naming the files). Writes RUN_DIR/config.yaml,
-    checkpoints/last.pt (resumable), best/ and last/ segmenter folders (for
+    Every file it reads is checked first (the images of both splits, the validation
+    masks, and the pseudo-labels against the split: missing files, sizes, values outside
+    the classes), and all problems are listed in one table before it stops. Writes
+    RUN_DIR/config.yaml, checkpoints/last.pt (resumable), best/ and last/ segmenter folders (for
     `co2sam evaluate --segmenter`, `predict --segmenter`, `export --segmenter`),
     tensorboard/ and csv/ logs. Multi-GPU and multi-node as for `co2sam train`.
 
@@ -99,6 +102,7 @@ def distill(
 
     from co2sam.config import ConfigError
     from co2sam.data import DatasetError
+    from co2sam.data.preflight import PreflightError
     from co2sam.distill.config import load_distill_config
     from co2sam.models.segmentation_net import SegmentationNetError
     from co2sam.train.checkpoint import CheckpointError
@@ -113,6 +117,7 @@ def distill(
     flags = {
         "data.root": data_root,
         "data.exclude": exclude.resolve() if exclude else None,
+        "data.skip_bad": skip_bad or None,
         "pseudo_labels.dir": pseudo_labels,
         "pseudo_labels.min_confidence": min_confidence,
         "model.architecture": architecture,
@@ -141,6 +146,10 @@ def distill(
         result = run_distill(cfg, resume=resume_from, progress=progress)
     except DistillInterrupted as stopped:
         raise interrupted_exit(stopped) from None
+    except PreflightError as error:
+        print_preflight_problems(error)
+        fail(str(error), code=1)
+        return
     except (
         CheckpointError,
         DatasetError,

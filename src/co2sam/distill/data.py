@@ -146,13 +146,8 @@ def check_pseudo_labels(
     Raises :class:`DatasetError` listing up to 10 problems and how many there are.
     """
     ids = list(dataset.ids if ids is None else ids)
-    num_classes = len(dataset.class_names)
-
-    def check(image_id: str) -> list[str]:
-        return _problems_of(image_id, dataset.image_path(image_id), folder, num_classes, confidence)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        problems = [p for found in pool.map(check, ids) for p in found]
+    found = pseudo_label_problems(dataset, folder, confidence=confidence, ids=ids, workers=workers)
+    problems = [problem for listed in found.values() for problem in listed]
     if problems:
         listed = "\n  ".join(problems[:LISTED])
         more = f"\n  ... and {len(problems) - LISTED} more" if len(problems) > LISTED else ""
@@ -162,6 +157,27 @@ def check_pseudo_labels(
             f"{more}\nre-run `co2sam pseudo-labels` for this split and dataset (same "
             "classes), or point --pseudo-labels at the folder it wrote"
         )
+
+
+def pseudo_label_problems(
+    dataset: Any,
+    folder: PseudoLabelFolder,
+    *,
+    confidence: bool = False,
+    ids: Sequence[str] | None = None,
+    workers: int = 8,
+) -> dict[str, list[str]]:
+    """Image id -> the problems of its pseudo-label (``"<file>: <problem>"``), for the
+    images with any (see :func:`check_pseudo_labels`)."""
+    ids = list(dataset.ids if ids is None else ids)
+    num_classes = len(dataset.class_names)
+
+    def check(image_id: str) -> list[str]:
+        return _problems_of(image_id, dataset.image_path(image_id), folder, num_classes, confidence)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = dict(zip(ids, pool.map(check, ids), strict=True))
+    return {image_id: problems for image_id, problems in found.items() if problems}
 
 
 class PseudoLabelSet(EpochSeeded, Dataset):

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from co2sam.config import SETTINGS_CHANGES
 from co2sam.distill.augment import TrainAugment
 from co2sam.distill.config import DistillConfig
-from co2sam.distill.data import PseudoLabelFolder, PseudoLabelSet, check_pseudo_labels
+from co2sam.distill.data import PseudoLabelFolder, PseudoLabelSet
+from co2sam.distill.preflight import checked_splits
 from co2sam.distill.run_files import (
     check_distill_checkpoint,
     restore_rng,
@@ -140,7 +141,8 @@ def distill(
         fabric.print(summary, file=sys.stderr)
     folder = PseudoLabelFolder.find(config.pseudo_labels.dir)
     min_confidence = config.pseudo_labels.min_confidence
-    check_pseudo_labels(train_dataset, folder, confidence=min_confidence > 0)
+    # Every file the run reads, both splits, before the first step (one list of problems).
+    train_dataset, val_dataset = checked_splits(config, train_dataset, val_dataset, folder, fabric)
     training_set = PseudoLabelSet(
         train_dataset,
         folder,
