@@ -201,8 +201,9 @@ def test_distill_checks_both_splits_and_the_pseudo_labels_before_stopping(voc, t
     assert result.exit_code == 1, result.output
     text, squeezed = _text(result), "".join(result.output.split())
     assert "pre-flight of splits train, val, train pseudo-labels" in text
-    for name in (f"{train_ids[1]}.jpg", f"{val_ids[0]}.jpg", f"{train_ids[2]}.png"):
-        assert name in squeezed, name
+    for image_id in (train_ids[1], val_ids[0], train_ids[2]):
+        assert image_id in squeezed, image_id
+    assert f"SegmentationClass/{train_ids[2]}.png" in squeezed and "missing" in squeezed
     assert not (tmp_path / "run" / "checkpoints").exists()
 
     # --skip-bad leaves the bad images out; a missing pseudo-label still stops the run.

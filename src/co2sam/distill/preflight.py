@@ -11,6 +11,7 @@ skipped: they mean the folder was written for other data.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,18 @@ def checked_splits(
     found = pseudo_label_problems(train_dataset, folder, confidence=confidence)
     split = f"{config.data.train_split} pseudo-labels"
     rows = [
-        Problem(
-            "error", split, str(folder.label_path(image_id)), problem, PSEUDO_LABEL_FIX, image_id
-        )  # fmt: skip
+        Problem("error", split, *_row(folder, image_id, problem), PSEUDO_LABEL_FIX, image_id)
         for image_id, problems in found.items()
         for problem in problems
     ]
     if rows:
         failed.append(PreflightError(split, rows))
     raise PreflightError.merged(failed)
+
+
+def _row(folder: PseudoLabelFolder, image_id: str, problem: str) -> tuple[str, str]:
+    """(file, problem) of a pseudo-label problem, the file relative to the folder (as the
+    image rows' files are relative to the dataset)."""
+    file = str(folder.label_path(image_id).relative_to(folder.root))
+    problem = problem.replace(f"{folder.root}{os.sep}", "")
+    return file, problem.removeprefix(f"{file}: ")
