@@ -38,10 +38,14 @@ SLOW_CLI = textwrap.dedent(
 
     def oracle(dataset):
         detect = real_oracle(dataset)
+        # 2 s an image: a shard lasts longer than the test waits; CO2SAM_TEST_FAST_RANK:
+        # that process works at full speed (done with its shard before the others)
+        fast = os.environ.get("LOCAL_RANK", "0") == os.environ.get("CO2SAM_TEST_FAST_RANK")
 
-        def slow(samples):  # 2 s an image: a shard lasts longer than the test waits
+        def slow(samples):
             print("WORKING", os.getpid(), flush=True)
-            time.sleep(2)
+            if not fast:
+                time.sleep(2)
             return detect(samples)
 
         return slow
@@ -62,13 +66,13 @@ def _kill_all(process, pids):
     process.stdout.close()
 
 
-def _start(tmp_path, args, *, new_session=False):
+def _start(tmp_path, args, *, new_session=False, **more_env):
     script = tmp_path / "slow_co2sam.py"
     script.write_text(SLOW_CLI)
     env = {k: v for k, v in os.environ.items() if k != LAUNCHER_ENV}
     return subprocess.Popen(
         [sys.executable, str(script), *args],
-        env=dict(env, OMP_NUM_THREADS="1"),
+        env=dict(env, OMP_NUM_THREADS="1", **more_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -154,3 +158,45 @@ def test_ctrl_c_of_a_sharded_evaluation_stops_every_process_with_130(tmp_path):
         assert not wait_gone(others), "a process or loader worker outlived Ctrl-C"
     finally:
         _kill_all(process, others)
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["group", "main-process"])
+def test_ctrl_c_of_sharded_boxes_stops_every_process_at_once(tmp_path, to_group):
+    # The second process is done with its shard and waits for the first one: it must be
+    # stopped with the command, not left to meet the command's closed connection (the
+    # ~40-line "[rank1]: ... gloo ... Connection closed by peer" of the issue).
+    data = _data(tmp_path)
+    cache = tmp_path / "val.jsonl"
+    args = ["boxes", "--oracle", *data, "--devices", "2", "--set", "prompts.device=cpu",
+            "--out", str(cache)]  # fmt: skip
+    process = _start(tmp_path, args, new_session=True, CO2SAM_TEST_FAST_RANK="1")
+    others = []
+    try:
+        # the second process wrote its whole shard (6 images) and waits at the barrier
+        part = tmp_path / "val.part-1.jsonl"
+        output, others = _wait_for(
+            process,
+            lambda out, found: found and part.is_file() and len(part.read_text().splitlines()) > 6,
+        )
+        if to_group:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGINT)
+        output += process.stdout.read()
+        process.wait(timeout=60)
+        assert process.returncode == 130, output[-3000:]
+        said = " ".join(output.split())
+        assert "run the same `co2sam boxes` command again to continue" in said
+        assert "Traceback" not in output and "[rank1]" not in output, output[-3000:]
+        assert not wait_gone(others), "the second process outlived Ctrl-C"
+    finally:
+        _kill_all(process, others)
+    # a rerun continues: what both processes finished is kept, the rest is detected
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+
+    result = CliRunner().invoke(app, ["boxes", "--oracle", *data, "--out", str(cache)])
+    assert result.exit_code == 0, result.output
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 1 + 12  # the settings line, then one line per image

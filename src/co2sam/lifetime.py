@@ -13,18 +13,29 @@
 
 Both ignore SIGINT: Ctrl-C reaches the whole foreground process group, but only the
 command's own process should act on it (stop, say how to resume); the others end with it.
+They must not wait for its exit, though: tearing down torch takes the command a second
+or so, in which another process would go on with its shard and, at its next collective,
+meet the connection the command has already closed (a rank traceback). So the command
+stops the processes it started the moment it is interrupted (:func:`stop_launched`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+_launched: list[Any] = []
+"""The ``subprocess.Popen`` of every process this one started for a sharded run."""
 
 
 class WorkerGuard:
@@ -67,6 +78,24 @@ def tie_to_launcher(launcher_pid: int, poll_s: float = 1.0) -> None:
         _watch_parent(launcher_pid, poll_s)
     if os.getppid() != launcher_pid:  # the launcher died before the death signal was set
         os._exit(1)
+
+
+def track_launched(processes: Iterable[Any]) -> None:
+    """Remember the processes this one started (``subprocess.Popen``), for
+    :func:`stop_launched`."""
+    _launched.extend(processes)
+
+
+def stop_launched(timeout_s: float = 10.0) -> None:
+    """Kill (SIGKILL, as their death signal would) the processes this one started and reap
+    them: called when the command is interrupted, before its own slow exit. Their finished
+    work is kept, as on any kill (the per-image logs drop a line cut short)."""
+    while _launched:
+        process = _launched.pop()
+        if process.poll() is None:
+            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # reaped with us, then
+            process.wait(timeout=timeout_s)
 
 
 def _watch_parent(parent: int, poll_s: float) -> None:

@@ -10,7 +10,8 @@ starts N local processes; on several machines the same command runs on every nod
 ``NODE_RANK``), or under SLURM / torchrun. On CPUs the processes talk over gloo.
 
 The processes Fabric starts on this machine die with the command that started them
-(even on ``kill -9``) and leave Ctrl-C to it (:func:`co2sam.lifetime.tie_to_launcher`).
+(even on ``kill -9``) and leave Ctrl-C to it (:func:`co2sam.lifetime.tie_to_launcher`),
+which stops them at once when it is interrupted (:func:`co2sam.lifetime.stop_launched`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def launch_processes(
         fabric.launch()
     finally:
         os.environ.pop(LAUNCHER_ENV, None)
+    from co2sam.lifetime import track_launched
+
+    # what Fabric started here (none on the other processes, or under torchrun / SLURM)
+    track_launched(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or ())
     return from_fabric(fabric)
 
 

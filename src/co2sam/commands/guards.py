@@ -96,11 +96,15 @@ def ctrl_c_resumable(command: str) -> Iterator[None]:
     """Ctrl-C ends the block with one line saying how to continue, and exit status 130.
 
     For the resumable per-image commands: what was finished is kept. The other processes
-    of a sharded run ignore Ctrl-C and die with this one (co2sam.lifetime).
+    of a sharded run ignore Ctrl-C; the ones this process started are stopped here, at
+    once, not at its (slow) exit (co2sam.lifetime).
     """
     try:
         yield
     except KeyboardInterrupt:
+        from co2sam.lifetime import stop_launched
+
+        stop_launched()
         console.print(
             f"[yellow]interrupted[/] (Ctrl-C): the finished images are kept; run the same "
             f"`co2sam {command}` command again to continue"
