@@ -76,3 +76,37 @@ def test_no_progress_silences_the_weight_loading_bars_too(tmp_path):
         transformers_logging.enable_progress_bar()
     assert result.exit_code == 0, result.output
     assert "Loading weights" not in result.output  # the demo SAM is a transformers folder
+
+
+def test_a_damaged_segmenter_folder_is_one_error_line_in_every_command(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from co2sam.data.synthetic import make_synthetic_dataset
+    from co2sam.models.segmentation_net import build_net, save_net
+
+    make_synthetic_dataset(
+        tmp_path / "data", num_images=2, num_classes=2, image_size=32, splits={"val": 2}
+    )
+    names = ("background", "class_1", "class_2")
+    torch.manual_seed(0)
+    folder = save_net(build_net("segformer", "tiny", names), tmp_path / "best", {})
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    commands = {
+        "export": ["export", "--segmenter", str(folder), "--onnx", str(tmp_path / "m.onnx")],
+        "predict": ["predict", str(tmp_path / "a.png"), "--segmenter", str(folder),
+                    "--out", str(tmp_path / "pred")],
+        "evaluate": ["evaluate", "--segmenter", str(folder), "--data-root",
+                     str(tmp_path / "data"), "--set", "data.dataset=synthetic", "--split",
+                     "val", "--device", "cpu", "--out", str(tmp_path / "eval")],
+    }  # fmt: skip
+    for command, arguments in commands.items():
+        result = runner.invoke(app, arguments, terminal_width=1000)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), command
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, (command, result.output)
+        assert f"cannot read {weights}" in errors[0] and "copy the folder again" in errors[0]

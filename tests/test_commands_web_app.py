@@ -54,3 +54,19 @@ def test_a_segmenter_alone_is_the_third_view_beside_plain_sam(launched, app_work
     output = " ".join(result.output.split())
     assert "no adapter (--adapter)" in output
     assert "segmenter: …/workspace/distill/best (segformer)" in output
+
+
+def test_a_damaged_segmenter_folder_is_one_error_line(launched, tmp_path):
+    import torch
+
+    from co2sam.models.segmentation_net import build_net, save_net
+
+    torch.manual_seed(0)
+    folder = save_net(build_net("segformer", "tiny", ("background", "dog")), tmp_path / "b", {})
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    result = runner.invoke(app, ["app", "--sam", "demo", "--segmenter", str(folder)])
+    assert result.exit_code == 2, result.output
+    said = "".join(result.output.split())  # rich wraps long paths anywhere
+    assert f"error:cannotread{weights}" in said and "copythefolderagain" in said
+    assert not launched

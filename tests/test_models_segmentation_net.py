@@ -126,3 +126,20 @@ def test_pretrained_weights_load_with_a_new_head_for_other_classes(tmp_path):
     )
     with pytest.raises(SegmentationNetError, match="cannot load segformer"):
         build_net("segformer", str(tmp_path / "missing"), NAMES)
+
+
+@pytest.mark.parametrize(
+    ("name", "keep"),
+    [("model.safetensors", 100), ("model.safetensors", 0.5), ("config.json", 0.5)],
+    ids=["weights-header-cut", "weights-half", "config-half"],
+)
+def test_a_damaged_folder_is_refused_naming_the_file_and_the_fix(tmp_path, name, keep):
+    save_net(build_net("segformer", "tiny", NAMES), tmp_path / "best", {})
+    damaged = tmp_path / "best" / name
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    with pytest.raises(SegmentationNetError) as refused:
+        load_net(tmp_path / "best")
+    message = str(refused.value)
+    assert f"cannot read {damaged}" in message and "truncated or corrupt" in message
+    assert "copy the folder again" in message and "\n" not in message

@@ -371,13 +371,57 @@ def read_net_metadata(folder: str | Path) -> dict[str, Any]:
     return metadata
 
 
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_DAMAGED_FIX = (
+    "the file is truncated or corrupt (an interrupted copy or download?): copy the folder "
+    "again, or use the run's other checkpoint (best/ or last/)"
+)
+
+
 def load_net(folder: str | Path) -> tuple[SegmentationNet, dict[str, Any]]:
-    """A trained network and its metadata from a segmenter folder (safetensors only)."""
+    """A trained network and its metadata from a segmenter folder (safetensors only).
+
+    Every way a folder can fail to load (a file missing, truncated or corrupt, weights of
+    another shape) raises :class:`SegmentationNetError` naming the file and the fix: the
+    one guard of ``export``, ``predict``, ``evaluate`` and ``app``.
+    """
+    folder = Path(folder)
     metadata = read_net_metadata(folder)
+    check_net_files(folder)
     spec = ARCHITECTURES[metadata["architecture"]]()
     try:
         with _quiet():
             hf = spec.model_class.from_pretrained(str(folder), use_safetensors=True)
-    except (OSError, ValueError) as error:
-        raise SegmentationNetError(f"cannot load the network in {folder}: {error}") from error
+    except Exception as error:  # transformers: OSError, ValueError; torch: RuntimeError
+        raise SegmentationNetError(
+            f"cannot load the network in {folder}: {' '.join(str(error).split())}"
+        ) from error
     return SegmentationNet(hf, metadata["architecture"], metadata["class_names"]).eval(), metadata
+
+
+def check_net_files(folder: str | Path) -> None:
+    """``config.json`` parses and ``model.safetensors`` is whole (its header, and a size
+    that holds every tensor the header lists), without reading the weights; raises
+    :class:`SegmentationNetError` naming the bad file."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise SegmentationNetError(
+                f"{folder / name} is missing: {folder} is not a whole segmenter folder; copy "
+                "it again, or give the best/ or last/ folder of a `co2sam distill` run"
+            )
+    config = folder / CONFIG_FILE
+    try:
+        json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise SegmentationNetError(f"cannot read {config} ({error}): {_DAMAGED_FIX}") from error
+    weights = folder / WEIGHTS_FILE
+    try:  # safetensors checks the header and that the file holds every tensor it lists
+        with safe_open(str(weights), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # SafetensorError (not an OSError), OSError
+        reason = " ".join(str(error).split())
+        raise SegmentationNetError(f"cannot read {weights} ({reason}): {_DAMAGED_FIX}") from error
