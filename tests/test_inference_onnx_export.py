@@ -49,3 +49,28 @@ def test_a_disagreeing_runtime_fails_the_export(tmp_path):
     net = build_net("segformer", "tiny", NAMES)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_onnx(net, tmp_path / "model.onnx", size=(32, 32), tolerance=0.0, min_agreement=1.01)
+
+
+def test_export_command_refuses_an_existing_file_unless_overwrite(tmp_path):
+    from typer.testing import CliRunner
+
+    from co2sam.cli import app
+    from co2sam.models.segmentation_net import save_net
+
+    torch.manual_seed(0)
+    folder = save_net(build_net("segformer", "tiny", NAMES), tmp_path / "best", {})
+    runner = CliRunner()
+    notes, sidecar = tmp_path / "notes.txt", tmp_path / "model.onnx.json"
+    notes.write_text("my notes")
+    sidecar.write_text("{}")
+    for target, existing in ((notes, notes), (tmp_path / "model.onnx", sidecar)):
+        args = ["export", "--segmenter", str(folder), "--onnx", str(target), "--size", "64"]
+        refused = runner.invoke(app, args)
+        assert refused.exit_code == 2, refused.output
+        said = "".join(refused.output.split())
+        assert f"{existing}alreadyexists" in said and "--overwrite" in said
+    assert notes.read_text() == "my notes" and sidecar.read_text() == "{}"
+    assert not (tmp_path / "notes.txt.json").exists() and not (tmp_path / "model.onnx").exists()
+    done = runner.invoke(app, [*args, "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(sidecar.read_text())["class_names"] == list(NAMES)

@@ -25,16 +25,27 @@ def export(
     tolerance: float = typer.Option(
         1e-4, help="Largest allowed |ONNX Runtime - PyTorch| of the class probabilities."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Replace an existing ONNX file (and its ONNX.json) instead of refusing."
+    ),
 ) -> None:
     """Export SEGMENTER to ONNX (class probabilities), then check it in ONNX Runtime.
 
     Writes ONNX and ONNX.json (class names, normalisation, input/output layout, parity
     numbers). Fails (exit 1) when ONNX Runtime's output differs from PyTorch's beyond the
-    tolerance or the argmax disagrees on more than 0.1% of pixels.
+    tolerance or the argmax disagrees on more than 0.1% of pixels. An existing ONNX or
+    ONNX.json is refused unless --overwrite.
     """
     from co2sam.inference.onnx_export import ExportError, default_export_size, export_onnx
     from co2sam.models.segmentation_net import SegmentationNetError, load_net
 
+    existing = [p for p in (onnx, onnx.with_name(onnx.name + ".json")) if p.exists()]
+    if existing and not overwrite:
+        fail(
+            f"{' and '.join(map(str, existing))} already "
+            f"{'exist' if len(existing) > 1 else 'exists'}: choose another --onnx, or pass "
+            "--overwrite to replace it"
+        )
     try:
         net, _ = load_net(segmenter)
     except SegmentationNetError as error:
