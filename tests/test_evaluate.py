@@ -460,3 +460,23 @@ def test_the_default_folder_of_plain_sam_names_the_sam_given(data_root, tmp_path
     assert result.exit_code == 0, result.output
     runs = tmp_path / "runs/eval" / f"{data_root.name}-val"
     assert [folder.name for folder in runs.iterdir()] == ["plain-tiny"]  # not model.sam's
+
+
+def test_a_resumed_evaluation_redoes_images_whose_predictions_are_missing(data_root, tmp_path):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--set", "data.dataset=synthetic", "--data-root", str(data_root),
+            "--sam", "tiny", "--boxes", "oracle", "--mode", "open", "--overlays",
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    predictions = sorted((out / "open" / "predictions").glob("*.png"))
+    made = predictions[0].read_bytes()
+    predictions[0].write_bytes(made[:50])
+    (out / "open" / "overlays" / predictions[1].name).unlink()
+    again = runner.invoke(app, args, terminal_width=200)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert "redoing 2 image(s) an earlier run finished (1 truncated, 1 missing" in text
+    assert "resuming: 2 of 4 images done" in text
+    assert predictions[0].read_bytes() == made
+    assert (out / "open" / "overlays" / predictions[1].name).is_file()
+    assert json.loads((out / "report.json").read_text())["results"]["open"]["num_images"] == 4

@@ -93,3 +93,62 @@ def test_a_run_that_wrote_nothing_does_not_hold_the_folder(tmp_path):
     other = {**IDENTITY, "adapter": "runs/fixed/best"}
     with _folder(tmp_path / "out", other) as folder:
         assert not folder.resumed
+
+
+def _png(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("P", (8, 6)).save(path)
+    return path
+
+
+def test_file_problem_checks_a_png_cheaply_and_a_json_by_parsing(tmp_path):
+    from co2sam.output_folder import file_problem
+
+    whole = _png(tmp_path / "whole.png")
+    assert file_problem(whole) is None
+    assert file_problem(tmp_path / "gone.png") == "missing"
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert file_problem(tmp_path / "empty.png") == "empty"
+    (tmp_path / "cut.png").write_bytes(whole.read_bytes()[:-5])
+    assert file_problem(tmp_path / "cut.png") == "truncated"
+    (tmp_path / "text.png").write_text("not a png at all, but long enough")
+    assert file_problem(tmp_path / "text.png") == "truncated"
+    (tmp_path / "a.json").write_text('{"areas": ')
+    assert file_problem(tmp_path / "a.json") == "not valid JSON"
+
+
+def test_a_resumed_run_redoes_images_whose_files_are_missing_damaged_or_stale(tmp_path):
+    out = tmp_path / "out"
+
+    def files_of(image_id, record):
+        return [f"labels/{image_id}.png", f"conf/{image_id}.png"]
+
+    with _folder(out, files_of=files_of) as folder:
+        for image_id in "abcd":
+            for name in files_of(image_id, {}):
+                _png(out / name)
+            folder.record(image_id, input=1)
+    (out / "labels/a.png").unlink()
+    (out / "conf/b.png").write_bytes((out / "conf/b.png").read_bytes()[:20])  # a cut copy
+
+    def stale(image_id, record):
+        return "d.jpg: changed since" if image_id == "d" else None
+
+    with _folder(out, files_of=files_of, stale=stale) as folder:
+        assert folder.resumed and folder.done == {"c"}
+        assert folder.redone == {
+            "a": "labels/a.png: missing",
+            "b": "conf/b.png: truncated",
+            "d": "d.jpg: changed since",
+        }
+        summary = folder.redo_summary()
+        assert summary.startswith("redoing 3 image(s) an earlier run finished (")
+        assert "1 missing" in summary and "1 truncated" in summary and "\n" not in summary
+        # their log lines and remaining files are gone: they are done again from scratch
+        assert set(folder.records()) == {"c"}
+        assert not (out / "conf/a.png").exists() and not (out / "labels/b.png").exists()
+        assert not (out / "labels/d.png").exists() and (out / "labels/c.png").is_file()
+    with _folder(out, files_of=files_of) as folder:  # nothing left to redo
+        assert folder.redone == {} and folder.redo_summary() == ""

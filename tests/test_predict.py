@@ -196,3 +196,31 @@ def test_predict_command_with_a_segmenter_needs_no_boxes(image_folder, tmp_path)
         app, ["predict", str(image_folder), "--segmenter", str(folder), "--classes", "dog"]
     )
     assert refused.exit_code == 2 and "runs alone" in " ".join(refused.output.split())
+
+
+def test_a_rerun_trusts_the_files_not_the_log(image_folder, tmp_path):
+    out = tmp_path / "out"
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"a.jpg": [{"xyxy": [2, 2, 30, 25], "class": "dog"}]}))
+    args = ["predict", str(image_folder), "--classes", "dog,sofa", "--sam", "tiny",
+            "--boxes", str(boxes), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    label = out / "labels" / "a.jpg.png"
+    made = label.read_bytes()
+    label.unlink()  # a deleted output: the image is done again
+    again = runner.invoke(app, args, terminal_width=200)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert "redoing 1 image(s) an earlier run finished (1 missing; e.g. labels/a.jpg.png" in text
+    assert "1 image(s) segmented" in text and "(1 more done by an earlier run)" in text
+    assert label.read_bytes() == made
+    # an input that became unreadable since: listed, its old outputs removed and not counted
+    (image_folder / "b.png").write_bytes((image_folder / "b.png").read_bytes()[:40])
+    broken = runner.invoke(app, args, terminal_width=200)
+    assert broken.exit_code == 0, broken.output
+    text = " ".join(broken.output.split())
+    assert "1 unreadable image(s), not segmented (earlier outputs of 1 of them removed)" in text
+    assert "b.png" in text and "0 image(s) segmented" in text
+    assert "(1 more done by an earlier run); outputs of 1 in" in text
+    assert not list(out.rglob("b.png.*"))
+    assert (out / "skipped.txt").read_text().startswith("b.png\t")

@@ -141,3 +141,46 @@ def test_pseudo_labels_report_their_quality_and_feed_distill(data_root, tmp_path
         "train.val_every=0", f"train.out_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     assert distill(config, progress=False).step == 1
+
+
+def _command(data_root, out):
+    return ["pseudo-labels", "--set", "data.dataset=synthetic", "--data-root", str(data_root),
+            "--split", "train", "--sam", "tiny", "--boxes", "oracle", "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+
+
+def test_a_rerun_redoes_pseudo_labels_whose_files_are_missing_or_truncated(data_root, tmp_path):
+    out = tmp_path / "pl"
+    first = runner.invoke(app, _command(data_root, out), terminal_width=200)
+    assert first.exit_code == 0, first.output
+    labels = sorted((out / "SegmentationClass").glob("*.png"))
+    confidences = sorted((out / "Confidence").glob("*.png"))
+    written = {path: path.read_bytes() for path in (*labels, *confidences)}
+    labels[0].write_bytes(written[labels[0]][:60])  # truncated
+    confidences[1].unlink()
+    again = runner.invoke(app, _command(data_root, out), terminal_width=200)
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert "redoing 2 image(s) an earlier run finished (1 truncated, 1 missing" in said
+    assert "resuming: 1 of 3 images done" in said
+    for path, data in written.items():  # redone, bit for bit
+        assert path.read_bytes() == data, path
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["num_written"] == 3 and report["quality"]["num_images"] == 3
+
+
+def test_a_damaged_pseudo_label_in_the_quality_step_is_one_error_line(data_root, tmp_path):
+    out = tmp_path / "pl"
+    assert runner.invoke(app, _command(data_root, out)).exit_code == 0
+    # the cheap check passes (signature and closing chunk whole), the pixels do not
+    damaged = sorted((out / "Confidence").glob("*.png"))[0]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[:16] + b"\0" * (len(data) - 28) + data[-12:])
+    result = runner.invoke(app, _command(data_root, out), terminal_width=300)
+    assert result.exit_code == 2, result.output
+    said = "".join(result.output.split())
+    assert f"error:cannotread{damaged}" in said, result.output
+    assert "deleteitandrunthesame`co2sampseudo-labels`commandagain" in said
+    assert "Traceback" not in result.output
+    damaged.unlink()  # the fix the line gives
+    assert runner.invoke(app, _command(data_root, out)).exit_code == 0

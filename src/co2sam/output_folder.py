@@ -15,7 +15,12 @@ written after the image's files). So:
   held by the main process, released by the system if the process dies);
 - files about one run only (``per_run``: the list of skipped images) are removed when a
   run starts, so they always describe the latest run (an image fixed since is not
-  listed; one still bad is listed again).
+  listed; one still bad is listed again);
+- a resumed run trusts the files, not the log: an image counts as done only while its
+  output files (``files_of``) are whole, by a cheap check (:func:`file_problem`: a PNG's
+  signature and closing chunk, a JSON file parses), and while ``stale`` finds no reason to
+  redo it (``predict``: its input changed). The others lose their log line and their
+  remaining files, and are done again (:attr:`OutputFolder.redone` says which and why).
 
 A killed process leaves at worst a truncated last line in its own log: it is dropped
 when that log is next opened, and the image is done again.
@@ -25,7 +30,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,10 @@ class OutputFolder:
     per_run: names among ``outputs`` that describe one run only, removed whenever a run
         starts (resumed or not).
     processes: a :class:`co2sam.parallel.Processes` (None: one process).
+    files_of: ``(image id, its record) -> paths`` (relative to the folder) every finished
+        image must have; checked when a run resumes (see the module docstring).
+    stale: ``(image id, its record) -> reason or None``: an image to redo though its files
+        are whole (None: never).
     """
 
     def __init__(
@@ -58,6 +68,8 @@ class OutputFolder:
         per_run: Sequence[str] = (),
         overwrite: bool = False,
         processes: Any = None,
+        files_of: Callable[[str, Mapping[str, Any]], Sequence[str | Path]] | None = None,
+        stale: Callable[[str, Mapping[str, Any]], str | None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.identity = json.loads(json.dumps(dict(identity), default=str))
@@ -65,6 +77,8 @@ class OutputFolder:
         self.per_run = tuple(per_run)
         self.overwrite = overwrite
         self.processes = processes
+        self.files_of = files_of
+        self.stale = stale
         self.resumed = False
         self.done: set[str] = set()
         """Ids finished before this run, read once by the main process when it opened the
@@ -82,16 +96,17 @@ class OutputFolder:
         Raises :class:`OutputFolderError` on every process when the folder is refused.
         """
         rank = 0 if self.processes is None else self.processes.rank
-        verdict: tuple[str | None, bool, set[str]] = (None, False, set())
+        verdict: tuple[str | None, bool, set[str], dict[str, str]] = (None, False, set(), {})
         if rank == 0:
             try:
                 resumed = self._claim()
-                verdict = (None, resumed, set(self.records()))
+                redone = self._recheck() if resumed else {}
+                verdict = (None, resumed, set(self.records()), redone)
             except OutputFolderError as error:
-                verdict = (str(error), False, set())
+                verdict = (str(error), False, set(), {})
         if self.processes is not None:
             verdict = self.processes.gather(verdict)[0]
-        error, self.resumed, self.done = verdict
+        error, self.resumed, self.done, self.redone = verdict
         if error is not None:
             raise OutputFolderError(error)
         self._log = _open_log(self.state_dir / f"done-{rank}.jsonl")
@@ -113,6 +128,15 @@ class OutputFolder:
                     continue  # a line cut by a kill
                 found.setdefault(str(record["id"]), record)
         return found
+
+    def redo_summary(self) -> str:
+        """One line: how many finished images are done again, and why (empty when none)."""
+        if not self.redone:
+            return ""
+        kinds = Counter(reason.rsplit(": ", 1)[-1] for reason in self.redone.values())
+        why = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        first = next(iter(self.redone.values()))
+        return f"redoing {len(self.redone)} image(s) an earlier run finished ({why}; e.g. {first})"
 
     def close(self) -> None:
         if self._log is not None and not self._log.closed:
@@ -169,6 +193,32 @@ class OutputFolder:
         temporary.replace(identity_file)
         return False
 
+    def _recheck(self) -> dict[str, str]:
+        """Main process, on resuming: the finished images to do again (module docstring);
+        their log lines and remaining files are removed."""
+        redo: dict[str, str] = {}
+        records = self.records()
+        for image_id, record in records.items():
+            reason = self.stale(image_id, record) if self.stale is not None else None
+            for name in self.files_of(image_id, record) if self.files_of else ():
+                if reason is not None:
+                    break
+                problem = file_problem(self.path / name)
+                if problem is not None:
+                    reason = f"{Path(name).as_posix()}: {problem}"
+            if reason is not None:
+                redo[image_id] = reason
+        if redo:
+            for image_id in redo:
+                for name in self.files_of(image_id, records[image_id]) if self.files_of else ():
+                    (self.path / name).unlink(missing_ok=True)
+            for log in sorted(self.state_dir.glob("done-*.jsonl")):
+                kept = [line for line in log.read_bytes().splitlines() if _id_of(line) not in redo]
+                temporary = log.with_name(log.name + ".tmp")
+                temporary.write_bytes(b"".join(line + b"\n" for line in kept))
+                temporary.replace(log)
+        return redo
+
     def _holds_nothing(self) -> bool:
         """No image finished and no output written (a run that failed before any work)."""
         return not self.records() and not any((self.path / name).exists() for name in self.outputs)
@@ -194,6 +244,45 @@ class OutputFolder:
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
+
+
+def _id_of(line: bytes) -> str | None:
+    try:
+        return str(json.loads(line)["id"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut by a kill
+
+
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk that closes every PNG
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why an output file is not whole, cheaply (None: it is): ``missing``, ``empty``,
+    ``truncated`` (a PNG without its signature or closing IEND chunk, which a cut copy or
+    a kill mid-write lacks) or ``not valid JSON``. Reads a few bytes of a PNG, never
+    decodes it; other files are only checked to be non-empty."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size == 0:
+        return "empty"
+    try:
+        if path.suffix.lower() == ".png":
+            with path.open("rb") as handle:
+                start = handle.read(len(_PNG_START))
+                handle.seek(max(size - len(_PNG_END), 0))
+                end = handle.read()
+            return None if start == _PNG_START and end == _PNG_END else "truncated"
+        if path.suffix.lower() == ".json":
+            json.loads(path.read_bytes())
+    except ValueError:
+        return "not valid JSON"
+    except OSError:
+        return "unreadable"
+    return None
 
 
 def _open_log(path: Path) -> Any:

@@ -161,7 +161,7 @@ def confidence_quality_of_folder(
     """:meth:`ConfidenceQuality.compute` from the files a run wrote (any number of
     processes and restarts): ``SegmentationClass/`` and ``Confidence/`` PNGs of ``ids``
     against the dataset's masks. Empty when the split has no masks."""
-    from co2sam.data.image_io import read_label_png
+    from co2sam.data.image_io import DatasetError, read_label_png
 
     if not getattr(dataset, "has_masks", False):
         return []
@@ -171,11 +171,30 @@ def confidence_quality_of_folder(
         confidence_path = out_dir / "Confidence" / f"{image_id}.png"
         if not confidence_path.is_file():
             continue
-        label = read_label_png(out_dir / "SegmentationClass" / f"{image_id}.png")
-        with Image.open(confidence_path) as image:
-            confidence = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+        label_path = out_dir / "SegmentationClass" / f"{image_id}.png"
+        try:
+            label = read_label_png(label_path)
+        except DatasetError as error:
+            raise PseudoLabelFileError(label_path, error) from error
+        try:
+            with Image.open(confidence_path) as image:
+                confidence = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+        except (OSError, SyntaxError, ValueError) as error:  # PIL's errors on a damaged PNG
+            raise PseudoLabelFileError(confidence_path, error) from error
         quality.update(torch.from_numpy(label).long(), confidence, dataset.read_mask(image_id))
     return quality.compute()
+
+
+class PseudoLabelFileError(ValueError):
+    """A pseudo-label folder's PNG cannot be read; the message names it and the fix."""
+
+    def __init__(self, path: Path, error: Exception) -> None:
+        reason = " ".join(str(error).split())
+        super().__init__(
+            f"cannot read {path} ({reason}): delete it and run the same `co2sam "
+            "pseudo-labels` command again (an image whose files are missing is redone)"
+        )
+        self.path = path
 
 
 def _boxes_shown(boxes: Boxes, sample: Sample, mode: str) -> Boxes:

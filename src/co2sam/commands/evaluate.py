@@ -181,6 +181,15 @@ def run_evaluation(
         overlays=cfg.eval.overlays,
         voc_test_format=voc_test_format,
     )
+    # the files each image gets (relative to out_dir): a resumed run redoes missing ones
+    per_image = [f"{m}/predictions" for m in modes if cfg.eval.save_predictions]
+    per_image += [f"{m}/overlays" for m in modes if cfg.eval.overlays]
+    if voc_test_format:
+        per_image.append(VOC_TEST_FOLDER.as_posix())
+
+    def files_of(image_id: str, record: Any) -> list[str]:
+        return [f"{folder}/{image_id}.png" for folder in per_image]
+
     with output_errors(out_dir), ctrl_c_resumable("evaluate"):
         run = start_split_run(
             cfg,
@@ -195,6 +204,7 @@ def run_evaluation(
             num_nodes=num_nodes,
             segmenter=segmenter,
             tta=tta,
+            files_of=files_of,
         )
         dataset, source = run.dataset, run.source
         label_folders = (

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from co2sam.commands.common import console, fail
 from co2sam.commands.guards import checked_dataset, launch
 
@@ -75,10 +77,20 @@ def segmenter_identity(segmenter: Path, tta: bool | None) -> dict[str, Any]:
 
 
 def open_output_folder(
-    out_dir: Path, identity: dict, outputs: Sequence[str], *, overwrite: bool, processes: Any
+    out_dir: Path,
+    identity: dict,
+    outputs: Sequence[str],
+    *,
+    overwrite: bool,
+    processes: Any,
+    files_of: Callable[[str, Mapping[str, Any]], Sequence[str]] | None = None,
+    stale: Callable[[str, Mapping[str, Any]], str | None] | None = None,
 ) -> Any:
     """The command's :class:`co2sam.output_folder.OutputFolder`, opened (new, or resumed
-    when ``identity`` matches); a refusal exits with its message."""
+    when ``identity`` matches); a refusal exits with its message.
+
+    files_of, stale: what a resumed run checks of each finished image (see OutputFolder).
+    """
     from co2sam.data.preflight import SKIPPED_FILE
     from co2sam.output_folder import OutputFolder, OutputFolderError
 
@@ -89,6 +101,8 @@ def open_output_folder(
         per_run=(SKIPPED_FILE,),
         overwrite=overwrite,
         processes=processes,
+        files_of=files_of,
+        stale=stale,
     )
     try:
         folder.open()
@@ -329,12 +343,15 @@ def start_split_run(
     segmenter: Path | None = None,
     tta: bool | None = None,
     masks: bool = True,
+    files_of: Callable[[str, Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> SplitRun:
     """Steps 1-3 of the module docstring, then the box source and the model.
 
     segmenter: a ``co2sam distill`` segmenter folder to run instead of SAM + boxes.
     masks: whether the command needs the ground-truth masks (``evaluate``: yes;
         ``pseudo-labels``: only for oracle boxes): the pre-flight checks only what is read.
+    files_of: ``(image id, record) -> the files (relative to out_dir) it writes``: on a
+        resumed run, an image whose files are missing or damaged is done again.
     """
     from co2sam.data.preflight import SKIPPED_FILE, SkipPlaceholders, SplitSubset
 
@@ -344,7 +361,7 @@ def start_split_run(
     if cfg.eval.limit is not None:
         dataset = SplitSubset(dataset, range(min(cfg.eval.limit, len(dataset))))
     folder = open_output_folder(
-        out_dir, identity, outputs, overwrite=overwrite, processes=processes
+        out_dir, identity, outputs, overwrite=overwrite, processes=processes, files_of=files_of
     )
     skipped_file = out_dir / SKIPPED_FILE
     try:
@@ -397,6 +414,8 @@ def segment_split(
     size = cfg.eval.batch_size
     batches = [todo[start : start + size] for start in range(0, len(todo), size)]
     mine = [index for batch in run.processes.shard(batches) for index in batch]
+    if run.processes.is_main and run.folder.redone:
+        console.print(f"[yellow]{escape(run.folder.redo_summary())}[/]")
     if run.processes.is_main and done:
         console.print(f"resuming: {len(run.dataset) - len(todo)} of {len(run.dataset)} images done")
     recorder = _Recorder(run.folder, modes, len(run.dataset.class_names), on_prediction)

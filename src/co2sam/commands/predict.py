@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from co2sam.commands.common import (
     AdapterOption,
@@ -119,10 +120,30 @@ def predict(
     }
     if segmenter is not None:
         identity.update(segmenter_identity(segmenter, tta))
+    by_name = {name: path for path, name in names.items()}
+
+    def files_of(name: str, record: Any) -> list[str]:
+        return [f"labels/{name}.png", f"overlays/{name}.png", f"details/{name}.json"]
+
+    def stale(name: str, record: Any) -> str | None:
+        """An image changed since its outputs were made (rewritten, cut, replaced)."""
+        path = by_name.get(name)
+        if path is None or "input" not in record or record["input"] == _stamp(path):
+            return None
+        return f"{path}: changed since"
+
     with output_errors(out), ctrl_c_resumable("predict"):
         folder = open_output_folder(
-            out, identity, PREDICT_OUTPUTS, overwrite=overwrite, processes=processes
+            out,
+            identity,
+            PREDICT_OUTPUTS,
+            overwrite=overwrite,
+            processes=processes,
+            files_of=files_of,
+            stale=stale,
         )
+        if processes.is_main and folder.redone:
+            console.print(f"[yellow]{escape(folder.redo_summary())}[/]")
         try:
             done = folder.done
             todo = processes.shard([path for path in image_paths if names[path] not in done])
@@ -141,7 +162,7 @@ def predict(
             skipped = SkipLog(out / SKIPPED_FILE)
 
             def on_result(result: Any) -> None:
-                folder.record(result.name, areas=result.areas)
+                folder.record(result.name, areas=result.areas, input=_stamp(result.image))
                 found = ", ".join(
                     f"{name} {100 * area['fraction']:.1f}%"
                     for name, area in result.areas.items()
@@ -170,7 +191,12 @@ def predict(
     listed = skipped.listed()
     unreadable = [p for p in image_paths if names[p] in listed and names[p] not in finished]
     if unreadable:
-        console.print(f"[yellow]{len(unreadable)} unreadable image(s), not segmented:[/]")
+        removed = sum(names[path] in folder.redone for path in unreadable)
+        console.print(
+            f"[yellow]{len(unreadable)} unreadable image(s), not segmented"
+            + (f" (earlier outputs of {removed} of them removed)" if removed else "")
+            + ":[/]"
+        )
         for path in unreadable:
             console.print(f"  {path}: {listed[names[path]]}")
     if not segmented:
@@ -179,6 +205,15 @@ def predict(
     if earlier:
         now += f" ({earlier} more done by an earlier run)"
     console.print(f"{now}; outputs of {len(segmented)} in {out}")
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """What tells a changed input file: [size, modification time in ns] (None: gone)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
 
 
 def _segmenter_classes(folder: Path) -> tuple[str, ...]:

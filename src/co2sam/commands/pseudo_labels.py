@@ -137,6 +137,7 @@ def run_pseudo_labels(
     from co2sam.prompts.source import reads_masks
     from co2sam.pseudo_labels import (
         PredictionWriter,
+        PseudoLabelFileError,
         confidence_quality_of_folder,
         write_split_list,
     )
@@ -146,6 +147,11 @@ def run_pseudo_labels(
     identity = identity_of("pseudo-labels", cfg, split, sam, boxes)
     confidence = confidence and cfg.eval.compat == "paper"  # reference maps carry none
     identity.update(mode=mode, eval_compat=cfg.eval.compat, confidence=confidence)
+
+    def files_of(image_id: str, record: Any) -> list[str]:
+        folders = ("SegmentationClass", "Confidence") if confidence else ("SegmentationClass",)
+        return [f"{folder}/{image_id}.png" for folder in folders]
+
     with output_errors(out_dir), ctrl_c_resumable("pseudo-labels"):
         run = start_split_run(
             cfg,
@@ -160,6 +166,7 @@ def run_pseudo_labels(
             num_nodes=num_nodes,
             # masks only give the quality numbers, unless the boxes are made from them
             masks=reads_masks(boxes or cfg.prompts.source),
+            files_of=files_of,
         )
         dataset, source = run.dataset, run.source
         label_folder = out_dir / "SegmentationClass"
@@ -179,9 +186,12 @@ def run_pseudo_labels(
         metrics["compat"] = cfg.eval.compat
         records = run.folder.records()
         scored = [image_id for image_id in written if records[image_id]["scored"]]
-        metrics["confidence_quality"] = (
-            confidence_quality_of_folder(dataset, out_dir, scored) if confidence else []
-        )
+        try:
+            metrics["confidence_quality"] = (
+                confidence_quality_of_folder(dataset, out_dir, scored) if confidence else []
+            )
+        except PseudoLabelFileError as error:
+            fail(str(error))
         # written, but their ground-truth mask could not be used (warned about mid-run)
         unscored = [
             image_id for image_id in written if dataset.has_masks and image_id not in scored
