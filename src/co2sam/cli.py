@@ -22,7 +22,9 @@ def _openmp_defaults() -> None:
 
 _openmp_defaults()
 
-import typer  # noqa: E402  (after the OpenMP settings, which must precede torch)
+import click  # noqa: E402  (after the OpenMP settings, which must precede torch)
+import typer  # noqa: E402
+from typer.core import TyperCommand  # noqa: E402
 
 from co2sam import __version__  # noqa: E402
 from co2sam.commands import (  # noqa: E402
@@ -68,16 +70,50 @@ def main(
 
 
 # Command registrations, in the order a user meets them; the functions live in
-# co2sam.commands.* and import torch and friends only when they run.
-app.command("demo")(demo.demo)
-app.command("train")(train.train)
-app.command("evaluate")(evaluate.evaluate)
-app.command("pseudo-labels")(pseudo_labels.pseudo_labels)
-app.command("distill")(distill.distill)
-app.command("predict")(predict.predict)
-app.command("export")(export.export)
-app.command("boxes")(boxes.boxes)
-app.command("import-boxes")(boxes.import_boxes)
-app.add_typer(prepare.prepare_app, name="prepare")
-app.command("check-data")(check_data.check_data)
-app.command("app")(web_app.app)
+# co2sam.commands.* and import torch and friends only when they run. Each has a short
+# summary for `co2sam --help`, whole at 80 columns (click cuts a longer first sentence
+# with "..." at any width).
+SUMMARIES = {
+    "demo": "The whole method on generated data, offline, on a CPU.",
+    "train": "Train LoRA adapters on SAM (dual teachers, one student).",
+    "evaluate": "Score SAM (+ adapter) or a segmenter on a split: mIoU.",
+    "pseudo-labels": "Write pseudo-labels of a split (VOC palette PNGs).",
+    "distill": "Train SegFormer / Mask2Former / UperNet on pseudo-labels.",
+    "predict": "Segment images: label PNG, overlay, class areas.",
+    "export": "Export a distilled segmenter to ONNX, checked.",
+    "boxes": "Detect a split's boxes once and cache them.",
+    "import-boxes": "Import another detector's boxes (COCO results).",
+    "prepare": "Prepare datasets that need a conversion (COCO).",
+    "check-data": "Check a dataset's images, masks and labels.",
+    "app": "A local web page: segment, review, plot runs.",
+}
+COMMANDS = {
+    "demo": demo.demo,
+    "train": train.train,
+    "evaluate": evaluate.evaluate,
+    "pseudo-labels": pseudo_labels.pseudo_labels,
+    "distill": distill.distill,
+    "predict": predict.predict,
+    "export": export.export,
+    "boxes": boxes.boxes,
+    "import-boxes": boxes.import_boxes,
+    "prepare": prepare.prepare_app,
+    "check-data": check_data.check_data,
+    "app": web_app.app,
+}
+
+
+class _Command(TyperCommand):
+    """Usage lines in click's convention: a required argument as ``IMAGES``, not typer's
+    ``{IMAGES}`` (which reads like a placeholder left unfilled)."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+
+for _name, _command in COMMANDS.items():
+    if isinstance(_command, typer.Typer):
+        app.add_typer(_command, name=_name, short_help=SUMMARIES[_name])
+    else:
+        app.command(_name, cls=_Command, short_help=SUMMARIES[_name])(_command)

@@ -17,7 +17,6 @@ from co2sam.commands.common import (
 from co2sam.commands.guards import (
     DevicesOption,
     NumNodesOption,
-    SkipBadOption,
     checked_dataset,
     ctrl_c_resumable,
     launch,
@@ -45,9 +44,17 @@ def boxes(
         None,
         help="Cache file (default <prompts.cache_dir or data.root/co2sam_boxes>/<split>.jsonl).",
     ),
-    overwrite: bool = typer.Option(False, help="Replace a cache made with other settings."),
+    overwrite: bool = typer.Option(
+        False, show_default=False, help="Replace a cache made with other settings."
+    ),
     limit: int | None = typer.Option(None, help="Stop after N new images (resume later)."),
-    skip_bad: bool = SkipBadOption,
+    skip_bad: bool = typer.Option(
+        False,
+        "--skip-bad",
+        help="Leave out images whose files fail the pre-flight check instead of stopping "
+        "(data.skip_bad); they are listed beside the cache, in <cache name>.skipped.txt "
+        "(val.skipped.txt for val.jsonl).",
+    ),
     devices: int | None = DevicesOption,
     num_nodes: int | None = NumNodesOption,
 ) -> None:
@@ -125,7 +132,9 @@ def import_boxes(
     ),
     score_threshold: float = typer.Option(0.0, help="Drop detections scoring below this."),
     out: Path | None = typer.Option(None, help="Cache file (default: the split's cache path)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache file."),
+    overwrite: bool = typer.Option(
+        False, show_default=False, help="Replace an existing cache file."
+    ),
 ) -> None:
     """Import another detector's boxes (COCO-results JSON) into the split's box cache."""
     cfg = resolve_config(config, overrides, **{"data.root": data_root})

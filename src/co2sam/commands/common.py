@@ -48,8 +48,12 @@ BoxSourceOption = typer.Option(
     None, help="Box source: cache, oracle, detector, or a box cache file (.jsonl)."
 )
 LimitOption = typer.Option(None, help="Only the first N images.")
-BatchSizeOption = typer.Option(None, help="Images per forward pass.")
-DeviceOption = typer.Option(None, help="auto, cpu, cuda, cuda:N.")
+BatchSizeOption = typer.Option(
+    None, help="Images per forward pass.  [default: config's eval.batch_size; 4, demo preset 16]"
+)
+DeviceOption = typer.Option(
+    None, help="auto, cpu, cuda, cuda:N.  [default: config's eval.device; auto, demo preset cpu]"
+)
 
 # The run options of the Fabric commands (train, distill).
 ExcludeOption = typer.Option(

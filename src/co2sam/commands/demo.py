@@ -19,9 +19,12 @@ def demo(
     out: Path = typer.Option(
         Path("co2sam-demo"), help="Run folder (created; must be new or empty)."
     ),
-    quick: bool = typer.Option(False, help="Smaller data and fewer epochs."),
+    # (no "[default: no-quick]": click wraps it at the hyphen at 80 columns)
+    quick: bool = typer.Option(False, show_default=False, help="Smaller data and fewer epochs."),
     ablation: bool = typer.Option(
-        False, help="Also train without the template loss, the contrastive loss, the strong view."
+        False,
+        show_default=False,
+        help="Also train without the template loss, the contrastive loss, the strong view.",
     ),
     seed: int = typer.Option(0, help="Seed of the generated data and the simulated detector."),
     harder_boxes: bool = typer.Option(

@@ -47,13 +47,18 @@ def evaluate(
     ),
     out: Path | None = typer.Option(
         None,
-        help="Output folder (default eval.out_dir or runs/eval/<dataset>-<split>/<adapter>).",
+        help="Output folder.  [default: config's eval.out_dir, else <dataset>-<split>/<model> "
+        "under runs/eval; <model>: the adapter folder's last two parts, or plain-<SAM>]",
     ),
     overwrite: bool = typer.Option(
-        False, help="Replace the output folder of another evaluation instead of refusing."
+        False,
+        show_default=False,
+        help="Replace the output folder of another evaluation instead of refusing.",
     ),
     overlays: bool | None = typer.Option(
-        None, "--overlays/--no-overlays", help="Also write colour overlays."
+        None,
+        "--overlays/--no-overlays",
+        help="Also write colour overlays.  [default: config's eval.overlays; off]",
     ),
     limit: int | None = LimitOption,
     batch_size: int | None = BatchSizeOption,

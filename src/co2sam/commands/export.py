@@ -26,7 +26,9 @@ def export(
         1e-4, help="Largest allowed |ONNX Runtime - PyTorch| of the class probabilities."
     ),
     overwrite: bool = typer.Option(
-        False, help="Replace an existing ONNX file (and its ONNX.json) instead of refusing."
+        False,
+        show_default=False,
+        help="Replace an existing ONNX file (and its ONNX.json) instead of refusing.",
     ),
 ) -> None:
     """Export SEGMENTER to ONNX (class probabilities), then check it in ONNX Runtime.

@@ -20,7 +20,9 @@ SkipBadOption = typer.Option(
     "instead of stopping (data.skip_bad).",
 )
 DevicesOption = typer.Option(
-    None, "--devices", help="Processes on this machine, one per GPU (Lightning Fabric, DDP)."
+    None,
+    "--devices",
+    help="Processes on this machine, one per GPU (Lightning Fabric, DDP).  [default: 1]",
 )
 NumNodesOption = typer.Option(
     None, "--num-nodes", help="Machines running the same command (NODE_RANK, MASTER_ADDR)."

@@ -32,7 +32,9 @@ PREDICT_OUTPUTS = ("labels", "overlays", "details", "skipped.txt")
 
 
 def predict(
-    images: Path = typer.Argument(..., help="An image file or a folder of images."),
+    images: Path = typer.Argument(
+        ..., metavar="IMAGES", show_default=False, help="An image file or a folder of images."
+    ),
     config: str | None = ConfigOption,
     overrides: list[str] | None = SetOption,
     classes: str | None = typer.Option(
@@ -50,7 +52,9 @@ def predict(
     ),
     out: Path = typer.Option(Path("predictions"), help="Output folder."),
     overwrite: bool = typer.Option(
-        False, help="Replace an output folder of another prediction run instead of refusing."
+        False,
+        show_default=False,
+        help="Replace an output folder of another prediction run instead of refusing.",
     ),
     device: str | None = DeviceOption,
     devices: int | None = DevicesOption,

@@ -14,7 +14,7 @@ prepare_app = typer.Typer(
 )
 
 
-@prepare_app.command("coco")
+@prepare_app.command("coco", short_help="COCO semantic masks and label files from instances.")
 def prepare_coco(
     instances: Path = typer.Option(
         ..., "--instances", help="COCO instances JSON, e.g. annotations/instances_train2014.json."

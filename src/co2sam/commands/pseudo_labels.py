@@ -56,10 +56,14 @@ def pseudo_labels(
         "with, or to run live (prompts.detector).",
     ),
     out: Path | None = typer.Option(
-        None, help="Output folder (default runs/pseudo_labels/<dataset>-<split>/<adapter>)."
+        None,
+        help="Output folder.  [default: <dataset>-<split>/<model> under runs/pseudo_labels; "
+        "<model>: the adapter folder's last two parts, or plain-<SAM>]",
     ),
     overwrite: bool = typer.Option(
-        False, help="Replace the output folder of another run instead of refusing."
+        False,
+        show_default=False,
+        help="Replace the output folder of another run instead of refusing.",
     ),
     limit: int | None = LimitOption,
     batch_size: int | None = BatchSizeOption,
