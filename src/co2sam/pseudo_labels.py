@@ -181,19 +181,29 @@ def confidence_quality_of_folder(
                 confidence = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
         except (OSError, SyntaxError, ValueError) as error:  # PIL's errors on a damaged PNG
             raise PseudoLabelFileError(confidence_path, error) from error
-        quality.update(torch.from_numpy(label).long(), confidence, dataset.read_mask(image_id))
+        try:
+            target = dataset.read_mask(image_id)
+        except DatasetError as error:  # a mask that was read fine when the image was done
+            raise PseudoLabelFileError(
+                getattr(error, "path", None) or f"the ground-truth mask of {image_id}",
+                error,
+                fix="restore that mask, then run the same `co2sam pseudo-labels` command again",
+            ) from error
+        quality.update(torch.from_numpy(label).long(), confidence, target)
     return quality.compute()
 
 
 class PseudoLabelFileError(ValueError):
-    """A pseudo-label folder's PNG cannot be read; the message names it and the fix."""
+    """A file the pseudo-labels' quality step reads cannot be read; the message names it
+    and the fix (by default: redo that pseudo-label)."""
 
-    def __init__(self, path: Path, error: Exception) -> None:
+    def __init__(self, path: Path | str, error: Exception, fix: str | None = None) -> None:
         reason = " ".join(str(error).split())
-        super().__init__(
-            f"cannot read {path} ({reason}): delete it and run the same `co2sam "
-            "pseudo-labels` command again (an image whose files are missing is redone)"
+        fix = fix or (
+            "delete it and run the same `co2sam pseudo-labels` command again (an image whose "
+            "files are missing is redone)"
         )
+        super().__init__(f"cannot read {path} ({reason}): {fix}")
         self.path = path
 
 
