@@ -200,3 +200,40 @@ def test_ctrl_c_of_sharded_boxes_stops_every_process_at_once(tmp_path, to_group)
     assert result.exit_code == 0, result.output
     lines = cache.read_text().splitlines()
     assert len(lines) == 1 + 12  # the settings line, then one line per image
+
+
+UNCAUGHT = textwrap.dedent(
+    """
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from co2sam.lifetime import WorkerGuard
+
+    class Failing(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, index):
+            if index == 5:
+                raise ValueError("image 5 is bad")
+            return torch.zeros(4)
+
+    loader = DataLoader(Failing(), batch_size=1, num_workers=2, worker_init_fn=WorkerGuard())
+    for batch in loader:  # the error reaches the main process and is not caught
+        pass
+    """
+)
+
+
+def test_an_uncaught_error_from_a_loader_worker_ends_the_process(tmp_path):
+    # Workers ignore SIGTERM; multiprocessing's exit handler terminates them with it
+    # and then waits: without WorkerGuard's exit hook the process never ends.
+    script = tmp_path / "uncaught.py"
+    script.write_text(UNCAUGHT)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung at exit waiting for its loader workers")
+    assert done.returncode == 1 and "image 5 is bad" in done.stderr

@@ -49,6 +49,15 @@ def test_oracle_source_caps_boxes(tmp_path):
     np.testing.assert_array_equal(boxes.xyxy, [[4, 4, 12, 12]])
 
 
+def test_oracle_source_refuses_a_split_without_masks_before_any_image(tmp_path):
+    from co2sam.data.image_io import DatasetError
+
+    dataset = TinyDataset()
+    dataset.has_masks, dataset.root = False, tmp_path / "photos"
+    with pytest.raises(DatasetError, match=r"split 'train' of .*photos has none"):
+        box_source(_config(tmp_path, "prompts.source=oracle"), "train", dataset)
+
+
 def test_cache_source_checks_settings_and_completeness(tmp_path):
     config = _config(tmp_path, "prompts.max_boxes=2")
     dataset = TinyDataset()

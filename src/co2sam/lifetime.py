@@ -21,6 +21,7 @@ stops the processes it started the moment it is interrupted (:func:`stop_launche
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -33,6 +34,8 @@ from collections.abc import Iterable
 from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+_exit_hook_registered = False
 
 _launched: list[Any] = []
 """The ``subprocess.Popen`` of every process this one started for a sharded run."""
@@ -57,6 +60,7 @@ class WorkerGuard:
     def __init__(self, poll_s: float = 1.0) -> None:
         self.parent_pid = os.getpid()
         self.poll_s = poll_s
+        _kill_workers_at_exit()
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -65,6 +69,32 @@ class WorkerGuard:
             _watch_parent(os.getppid(), self.poll_s)
         if not _alive(self.parent_pid):  # the parent died before the guard was in place
             os._exit(1)
+
+
+def _kill_workers_at_exit() -> None:
+    """At this process's exit, SIGKILL the loader workers still alive (registered once).
+
+    A command that ends with an exception raised while its loader iterates leaves the
+    iterator to the garbage collector, after the exit handlers: multiprocessing's handler
+    then sends the daemonic workers SIGTERM, which they ignore, and waits for them
+    forever. This handler, registered after multiprocessing's, runs before it and kills
+    them as their death signal would.
+    """
+    global _exit_hook_registered
+    if _exit_hook_registered:
+        return
+    _exit_hook_registered = True
+    atexit.register(_kill_daemonic_children)
+
+
+def _kill_daemonic_children() -> None:
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            with contextlib.suppress(Exception):
+                child.kill()
+                child.join(timeout=5)
 
 
 def tie_to_launcher(launcher_pid: int, poll_s: float = 1.0) -> None:

@@ -138,6 +138,15 @@ def box_source(config: Co2SamConfig, split: str, dataset: Any) -> BoxSource:
             "(`co2sam boxes`), prompts.source=detector, or prompts.source=oracle"
         )
     if prompts.source == "oracle":
+        if not getattr(dataset, "has_masks", True):
+            from co2sam.data.image_io import DatasetError
+
+            root = getattr(dataset, "root", None)
+            raise DatasetError(
+                f"oracle boxes are read off ground-truth masks, and split {split!r}"
+                f"{f' of {root}' if root else ''} has none: give its masks, or use a box "
+                "cache (`co2sam boxes`) or prompts.source=detector"
+            )
 
         def fetch_oracle(sample: Sample) -> Boxes:
             return oracle_boxes(sample, dataset_instance_mask(dataset, sample.id))
