@@ -44,11 +44,12 @@ def test_folder_data_without_a_val_list_is_refused(tmp_path):
 
     listed = _folder_data(tmp_path / "listed", val_list=["im3"])  # val listed, train = all
     config = DataConfig(dataset="folder", root=str(listed))
-    with pytest.raises(DatasetError, match="no train_aug.txt") as raised:  # the default
-        check_validation_split(
+    with pytest.raises(DatasetError, match="neither train.txt nor train_aug.txt") as raised:
+        check_validation_split(  # the default train_aug, which falls back to train.txt
             build_dataset(config, config.train_split), build_dataset(config, "val")
         )
     assert "data.train_split=NAME" in str(raised.value)
+    assert f"names to {listed}/train.txt" in str(raised.value)
     (listed / "train.txt").write_text("im0\nim1\nim2\nim3\n")
     config = DataConfig(dataset="folder", root=str(listed))
     with pytest.raises(DatasetError, match="also a training image"):

@@ -147,11 +147,14 @@ def check_validation_split(train_dataset: Any, val_dataset: Any) -> None:
     train_split, _ = split_items(train_dataset)
     if getattr(train_split, "split_listed", True) is False:
         root, name = getattr(train_split, "root", "?"), train_split.split
+        # The VOC default train_aug falls back to a folder's train.txt: name that file.
+        neither = ("neither train.txt nor train_aug.txt", "train")
+        missing, write = neither if name == "train_aug" else (f"no {name}.txt", name)
         raise DatasetError(
-            f"the folder dataset at {root} has no {name}.txt, so the training split {name!r} "
+            f"the folder dataset at {root} has {missing}, so the training split {name!r} "
             f"would be every image, the validation images ({split.split}.txt) included; "
-            f"write the training images' names to {root}/{name}.txt, or point --set "
-            "data.train_split=NAME at an existing NAME.txt (e.g. train)"
+            f"write the training images' names to {root}/{write}.txt, or point --set "
+            "data.train_split=NAME at an existing NAME.txt"
         )
     train_ids = set(getattr(train_dataset, "ids", ()))
     val_ids = list(getattr(val_dataset, "ids", ()))
