@@ -14,7 +14,7 @@ from train_support import CLI_WITH_STEP_LINES
 from typer.testing import CliRunner
 
 from co2sam.cli import app
-from co2sam.train.workers import WorkerGuard
+from co2sam.lifetime import WorkerGuard
 
 LINUX = sys.platform.startswith("linux")
 

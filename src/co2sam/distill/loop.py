@@ -44,6 +44,7 @@ from co2sam.distill.run_files import (
 )
 from co2sam.distill.schedule import build_optimizer
 from co2sam.distill.validation import val_metrics, validate
+from co2sam.lifetime import WorkerGuard
 from co2sam.models.segmentation_net import SegmentationNet, build_net
 from co2sam.train.checkpoint import (
     copy_checkpoint,
@@ -71,7 +72,6 @@ from co2sam.train.monitor import (
 )
 from co2sam.train.resume import changed_settings, settings_history
 from co2sam.train.run_dir import finish_run, open_run_dir, tidy_run_dir
-from co2sam.train.workers import WorkerGuard
 
 __all__ = ["DistillInterrupted", "DistillResult", "distill"]
 

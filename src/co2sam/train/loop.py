@@ -47,6 +47,7 @@ from co2sam.data.preflight import (
     SkipPlaceholders,
     checked_split,
 )
+from co2sam.lifetime import WorkerGuard
 from co2sam.losses import LOSS_NAMES
 from co2sam.parallel import from_fabric
 from co2sam.prompts.source import reads_masks
@@ -100,7 +101,6 @@ from co2sam.train.schedule import build_optimizer
 from co2sam.train.step import training_step
 from co2sam.train.template_cache import TemplateCache
 from co2sam.train.validation import check_validation_split, val_metrics, validate
-from co2sam.train.workers import WorkerGuard
 
 __all__ = [
     "FitResult",
